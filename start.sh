@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Avatar fleet: one entry point for a fresh machine.
+#   ./start.sh           install what is missing, then serve on the embedded defaults
+#   ./start.sh test      install what is missing, then run the whole test suite
+#   ./start.sh install   only install (virtualenv, Python packages, Debian packages)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+log() { printf 'start.sh: %s\n' "$*" >&2; }
+
+apt_install() {
+  # Debian packages, only when missing; root (or sudo) is needed for this step.
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  log "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+install() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    if ! "$PYTHON" -m venv --help >/dev/null 2>&1; then apt_install python3-venv; fi
+    log "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  # Reinstall only when a requirements file changed since the last install.
+  local stamp="$VENV/.requirements.sha256" want
+  want=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python packages"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-gpu.txt
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+    echo "$want" > "$stamp"
+  fi
+}
+
+case "${1:-serve}" in
+  install)
+    install ;;
+  test)
+    install
+    shift
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  serve)
+    install
+    # Until the avatar manager lands, the service is the offline TTS server (espeak).
+    exec "$VENV/bin/python" -m tts_services --model espeak ;;
+  *)
+    echo "usage: $0 [serve|test|install]" >&2; exit 2 ;;
+esac

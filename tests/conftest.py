@@ -1,0 +1,101 @@
+"""Fixtures that run real servers as subprocesses and always reap them."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tts_argv(model: str) -> list[str]:
+    return [sys.executable, "-m", "tts_services", "--model", model, "--port", "{port}"]
+
+
+class Server:
+    """A child process serving HTTP on a port ("{port}" in argv); stop() always reaps it."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict | None = None, port: int | None = None) -> None:
+        port = port or free_port()
+        argv = [a.replace("{port}", str(port)) for a in argv]
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._log_file = open(log, "wb")
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+
+    def wait_ready(self, path: str = "/health", timeout: float = 20.0) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                if requests.get(self.url + path, timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready within {timeout} s: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log_file.close()
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """spawn(argv, env=..., ready=True) -> Server; every server is stopped after the test."""
+    servers: list[Server] = []
+
+    def start(argv: list[str], env: dict | None = None, ready: bool = True, port: int | None = None) -> Server:
+        server = Server(argv, tmp_path / f"server-{len(servers)}.log", env, port)
+        servers.append(server)
+        return server.wait_ready() if ready else server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def tts_server(spawn):
+    """tts_server(model, **env) -> Server running `python -m tts_services`."""
+    def start(model: str = "espeak", **env: str) -> Server:
+        return spawn(tts_argv(model), env=env)
+    return start
+
+
+@pytest.fixture
+def upstream(spawn):
+    """upstream(kind, *flags) -> Server speaking GPT-SoVITS, CosyVoice or Coqui TTS's wire format."""
+    def start(kind: str, *flags: str) -> Server:
+        return spawn([sys.executable, str(ROOT / "tests" / "upstreams.py"), kind, "--port", "{port}", *flags],
+                     ready=False).wait_ready("/last")
+    return start
+
+
+def run(coro):
+    return asyncio.run(coro)

@@ -1,0 +1,116 @@
+"""Small local servers that speak the wire formats of the TTS servers our bridges call.
+
+    python tests/upstreams.py sovits|cosyvoice|coqui --port P [--rate R] [--mode ok|cut|hang|error]
+
+Each answers with a 440 Hz tone lasting TONE_SECONDS_PER_CHAR per character of text, at the
+upstream's own sample rate, so a test can check length and pitch after our resampling.
+GET /last returns what the latest synthesis request carried, for asserting the bridge's request.
+Modes: cut = drop the connection halfway; hang = never answer; error = answer 400 as upstream does.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import struct
+
+import numpy as np
+from aiohttp import web
+
+TONE_HZ = 440
+TONE_SECONDS_PER_CHAR = 0.05
+
+
+def tone(text: str, rate: int) -> bytes:
+    t = np.arange(int(len(text) * TONE_SECONDS_PER_CHAR * rate)) / rate
+    return (np.sin(2 * np.pi * TONE_HZ * t) * 10000).astype("<i2").tobytes()
+
+
+def wav_header(rate: int, data_size: int) -> bytes:
+    """A PCM WAV header; GPT-SoVITS streams it with sizes of 0."""
+    return (b"RIFF" + struct.pack("<I", 36 + data_size) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", data_size))
+
+
+def create_app(kind: str, rate: int, mode: str) -> web.Application:
+    last: dict = {}
+
+    async def send(request: web.Request, head: bytes, pcm: bytes, content_type: str) -> web.StreamResponse:
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        await response.write(head)
+        pieces = [pcm[i:i + 4000] for i in range(0, len(pcm), 4000)]  # odd sizes on purpose
+        for i, piece in enumerate(pieces):
+            if mode == "cut" and i == len(pieces) // 2:
+                request.transport.close()
+                return response
+            await response.write(piece)
+            await asyncio.sleep(0.002)
+        await response.write_eof()
+        return response
+
+    async def sovits(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        last.clear()
+        last.update(body)
+        for field in ("ref_audio_path", "text", "text_lang", "prompt_lang"):
+            if not body.get(field):
+                return web.json_response({"message": f"{field} is required"}, status=400)
+        if mode == "error":
+            return web.json_response({"message": "tts failed", "Exception": "CUDA out of memory"}, status=400)
+        pcm = tone(body["text"], rate)
+        head = wav_header(rate, 0) if body.get("streaming_mode") else wav_header(rate, len(pcm))
+        return await send(request, head, pcm, f"audio/{body.get('media_type', 'wav')}")
+
+    async def cosyvoice(request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        last.clear()
+        last.update({k: (v if isinstance(v, str) else {"filename": v.filename, "size": len(v.file.read())})
+                     for k, v in form.items()})
+        last["route"] = request.path
+        required = {"/inference_sft": ("tts_text", "spk_id"),
+                    "/inference_zero_shot": ("tts_text", "prompt_text", "prompt_wav")}[request.path]
+        missing = [f for f in required if f not in form]
+        if missing:
+            return web.json_response({"detail": [{"loc": ["body", f], "msg": "field required"} for f in missing]},
+                                     status=422)
+        if mode == "error":
+            return web.Response(status=500, text="Internal Server Error")
+        return await send(request, b"", tone(form["tts_text"], rate), "application/octet-stream")
+
+    async def coqui(request: web.Request) -> web.StreamResponse:
+        last.clear()
+        last.update(request.query)
+        text = request.query.get("text", "")
+        if mode == "error" or not text:
+            return web.Response(status=500, text="<html>500 Internal Server Error</html>")
+        pcm = tone(text, rate)
+        return await send(request, wav_header(rate, len(pcm)), pcm, "audio/wav")
+
+    async def last_request(request: web.Request) -> web.Response:
+        return web.json_response(last)
+
+    app = web.Application()
+    app.router.add_get("/last", last_request)
+    if kind == "sovits":
+        app.router.add_post("/tts", sovits)
+    elif kind == "cosyvoice":
+        for route in ("/inference_sft", "/inference_zero_shot"):
+            app.router.add_route("*", route, cosyvoice)
+    else:
+        app.router.add_route("*", "/api/tts", coqui)
+    return app
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["sovits", "cosyvoice", "coqui"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rate", type=int, default=None)
+    parser.add_argument("--mode", choices=["ok", "cut", "hang", "error"], default="ok")
+    args = parser.parse_args()
+    default_rate = {"sovits": 32000, "cosyvoice": 24000, "coqui": 22050}[args.kind]
+    web.run_app(create_app(args.kind, args.rate or default_rate, args.mode), host="127.0.0.1",
+                port=args.port, print=None)

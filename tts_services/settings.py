@@ -1,0 +1,75 @@
+"""Configuration of a TTS server, read once from the environment and checked at start."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from ports_config import UPSTREAM_URLS
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _number(env: dict, name: str, default: float, minimum: float, cast=float):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return cast(default)
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _url(env: dict, name: str, default: str | None) -> str | None:
+    raw = env.get(name) or default
+    if raw is None:
+        return None
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_text_chars: int
+    connect_timeout: float   # seconds to reach an upstream (edge-tts, bridges)
+    read_timeout: float      # seconds an upstream may stay silent mid-answer
+    edgetts_proxy: str | None
+    sovits_url: str
+    sovits_ref_audio: str | None
+    sovits_ref_text: str
+    sovits_ref_lang: str
+    cosyvoice_url: str
+    cosyvoice_ref_audio: str | None
+    cosyvoice_ref_text: str
+    cosyvoice_spk_id: str | None
+    cosyvoice_sample_rate: int
+    tacotron_url: str | None
+    tacotron_speaker: str | None
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        return cls(
+            max_text_chars=_number(env, "TTS_MAX_TEXT_CHARS", 2000, 1, int),
+            connect_timeout=_number(env, "TTS_CONNECT_TIMEOUT", 2.0, 0.1),
+            read_timeout=_number(env, "TTS_READ_TIMEOUT", 30.0, 0.1),
+            edgetts_proxy=_url(env, "EDGETTS_PROXY", None),
+            sovits_url=_url(env, "SOVITS_URL", UPSTREAM_URLS["sovits"]),
+            sovits_ref_audio=env.get("SOVITS_REF_AUDIO") or None,
+            sovits_ref_text=env.get("SOVITS_REF_TEXT", ""),
+            sovits_ref_lang=env.get("SOVITS_REF_LANG", "en"),
+            cosyvoice_url=_url(env, "COSYVOICE_URL", UPSTREAM_URLS["cosyvoice"]),
+            cosyvoice_ref_audio=env.get("COSYVOICE_REF_AUDIO") or None,
+            cosyvoice_ref_text=env.get("COSYVOICE_REF_TEXT", ""),
+            cosyvoice_spk_id=env.get("COSYVOICE_SPK_ID") or None,
+            cosyvoice_sample_rate=_number(env, "COSYVOICE_SAMPLE_RATE", 24000, 8000, int),
+            tacotron_url=_url(env, "TACOTRON_URL", None),
+            tacotron_speaker=env.get("TACOTRON_SPEAKER") or None,
+        )
