@@ -1,6 +1,7 @@
 """The offline espeak server, as a real subprocess, over HTTP."""
 import base64
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -112,6 +113,18 @@ def test_non_json_and_oversized_bodies_are_refused(server):
     assert response.status_code == 400 and "body must be JSON" in response.json()["message"]
     response = requests.post(server.url + "/tts", data=b"{" + b" " * 100_000 + b"}", timeout=5)
     assert response.status_code == 413 and "larger than" in response.json()["message"]
+
+
+def test_a_listener_hanging_up_midway_is_counted_and_harmless(server):
+    response = requests.post(server.url + "/tts", json={"text": "Hello there. " * 20}, stream=True, timeout=10)
+    next(response.iter_content(1000))
+    response.close()
+    deadline = time.monotonic() + 5
+    while 'outcome="client_gone"' not in requests.get(server.url + "/metrics", timeout=5).text:
+        assert time.monotonic() < deadline, "the hang-up was not noticed"
+        time.sleep(0.05)
+    assert "Error handling request" not in server.log.read_text()
+    assert speak(server, text="Still here.").status_code == 200
 
 
 def test_voices_health_and_metrics(server):

@@ -89,6 +89,7 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
             await response.write(on_error(str(exc)))
         except ConnectionResetError:
             outcome = "client_gone"
+            return response
         finally:
             await chunks.aclose()
             metrics.active.labels(engine.name).dec()
