@@ -113,7 +113,7 @@ class _Library:
         if count > 0:
             self._samples.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         i = 0
-        while events[i].type != EVENT_LIST_TERMINATED:
+        while events and events[i].type != EVENT_LIST_TERMINATED:
             event = events[i]
             if event.type == EVENT_PHONEME:
                 symbol = event.id.string.decode("utf-8", "replace").strip()
