@@ -5,6 +5,7 @@ incremental: feed() bytes as they come, flush() at the end.
 """
 from __future__ import annotations
 
+import io
 import struct
 
 import av
@@ -103,6 +104,26 @@ class WavStream:
         return None
 
 
+def decode_file(data: bytes) -> bytes:
+    """A whole audio file (WAV, MP3, Ogg, ... anything FFmpeg reads) as our PCM."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    out = []
+    try:
+        with av.open(io.BytesIO(data), "r") as container:
+            if not container.streams.audio:
+                raise ValueError("the file has no audio stream")
+            for frame in container.decode(container.streams.audio[0]):
+                out.extend(resampler.resample(frame))
+        out.extend(resampler.resample(None))
+    except av.FFmpegError as exc:
+        raise ValueError(f"not a readable audio file: {exc}") from exc
+    return _frames_to_pcm(out)
+
+
+def _frames_to_pcm(frames: list) -> bytes:
+    return b"".join(frame.to_ndarray().astype("<i2").tobytes() for frame in frames)
+
+
 class CompressedStream:
     """MP3 (or another codec without a container) decoded and resampled by FFmpeg as it streams.
 
@@ -121,7 +142,7 @@ class CompressedStream:
 
     def flush(self) -> bytes:
         out = self._decode(self._codec.parse(b"") + [None])
-        out += self._frames_to_pcm(self._resampler.resample(None))
+        out += _frames_to_pcm(self._resampler.resample(None))
         if not self._decoded and self._last_error is not None:
             raise UpstreamUnavailable(f"could not decode upstream audio: {self._last_error}")
         return out
@@ -136,9 +157,5 @@ class CompressedStream:
                 continue
             for frame in frames:
                 self._decoded = True
-                out.append(self._frames_to_pcm(self._resampler.resample(frame)))
+                out.append(_frames_to_pcm(self._resampler.resample(frame)))
         return b"".join(out)
-
-    @staticmethod
-    def _frames_to_pcm(frames: list) -> bytes:
-        return b"".join(frame.to_ndarray().astype("<i2").tobytes() for frame in frames)

@@ -65,6 +65,14 @@ def split_sentences(text: str) -> list[str]:
     return pieces
 
 
+def pop_sentences(buffer: str) -> tuple[list[str], str]:
+    """Split streamed text into the sentences already complete and the rest still arriving."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(buffer)]
+    if not ends:
+        return [], buffer
+    return split_sentences(buffer[:ends[-1]]), buffer[ends[-1]:]
+
+
 def _last_break(head: str) -> int:
     clauses = [m.end() for m in _CLAUSE_END.finditer(head)]
     if clauses:

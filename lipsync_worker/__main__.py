@@ -1,0 +1,86 @@
+"""python -m lipsync_worker --avatar_id NAME [LiveTalking flags]   serve one avatar over WebRTC
+python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id NAME   make an avatar folder"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from ports_config import TTS_PORTS
+from tts_services.client import FallbackTTS, LocalTTS, TTSClient
+from tts_services.models import canonical_model
+
+from . import avatars
+from .animation import IdleAnimation
+from .engines import create_engine
+from .llm import ChatLLM
+from .media import Stage
+from .server import create_app
+from .session import Sessions
+from .settings import WorkerSettings, from_args
+
+
+def make_tts(settings: WorkerSettings):
+    """espeak without a server runs in this process; any other voice falls back to it."""
+    model = canonical_model(settings.tts)
+    if model == "espeak" and not settings.tts_server:
+        return LocalTTS()
+    url = settings.tts_server or f"http://127.0.0.1:{TTS_PORTS[model]}"
+    return FallbackTTS(TTSClient(url), LocalTTS())
+
+
+def prepare(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lipsync_worker prepare")
+    parser.add_argument("source", type=Path, help="a photo or a video of one face")
+    parser.add_argument("--avatar_id", required=True)
+    parser.add_argument("--max_seconds", type=float, default=10.0, help="cut a video to this length")
+    parser.add_argument("--tts_model", default=None)
+    parser.add_argument("--timbre", default=None)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("tts_model", args.tts_model), ("timbre", args.timbre)) if v}
+    data_dir = Path(os.environ.get("AVATAR_DATA_DIR", "data"))
+    try:
+        path = avatars.prepare(args.source, args.avatar_id, data_dir, max_seconds=args.max_seconds,
+                               overrides=overrides)
+    except avatars.AvatarError as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def serve(argv: list[str]) -> int:
+    try:
+        settings = from_args(argv)
+        avatar = avatars.load(settings.data_dir, settings.avatar_id)
+        engine = create_engine(settings.model, settings.batch_size)
+        tts = make_tts(settings)
+    except (ValueError, avatars.AvatarError) as exc:
+        print(f"lipsync_worker: {exc}", file=sys.stderr)
+        return 2
+    llm = (ChatLLM(settings.llm_url, settings.llm_model, settings.llm_api_key, settings.llm_system_prompt)
+           if settings.llm_url else None)
+    stage = Stage(IdleAnimation(avatar), engine)
+    sessions = Sessions(stage, engine.new_state, settings.max_session, settings.ice_servers,
+                        settings.connect_timeout)
+    app = create_app(settings, avatar, stage, sessions, tts, llm)
+    logging.getLogger("lipsync_worker").info(
+        "avatar %s (%s engine) on http://%s:%d", avatar.name, engine.name, settings.host, settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["prepare"]:
+        return prepare(argv[1:])
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

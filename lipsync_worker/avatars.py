@@ -1,0 +1,265 @@
+"""Avatar folders: the format, preparation from an image or a video, and loading.
+
+$AVATAR_DATA_DIR/avatars/NAME/
+  config.json   {"format": 1, "kind": "image"|"video", "frame_count", "size": [w, h],
+                 "tts_model", "timbre", "avatar_model", "transport", "max_session", ...}
+  frames/       000000.png, 000001.png, ... (25 fps for a video)
+  regions.json  per frame: face, mouth, eyes boxes [x1, y1, x2, y2]
+
+A LiveTalking MuseTalk folder (full_imgs/, coords.pkl, ...) loads too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FORMAT = 1
+FPS = 25
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_CONFIG = {
+    "tts_model": "espeak",
+    "timbre": "Default",
+    "avatar_model": "puppet",
+    "transport": "webrtc",
+    "max_session": 8,
+}
+
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2
+
+
+class AvatarError(ValueError):
+    """The avatar cannot be prepared or loaded; the message says why and what to do."""
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise AvatarError(f"avatar name {name!r} must be 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+def avatar_dir(data_dir: Path, name: str) -> Path:
+    return Path(data_dir) / "avatars" / check_name(name)
+
+
+@dataclass
+class Regions:
+    face: Box
+    mouth: Box
+    eyes: list[Box] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"face": list(self.face), "mouth": list(self.mouth), "eyes": [list(e) for e in self.eyes]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Regions":
+        return cls(tuple(data["face"]), tuple(data["mouth"]), [tuple(e) for e in data.get("eyes", [])])
+
+
+@dataclass
+class Avatar:
+    name: str
+    path: Path
+    frames: list[np.ndarray]          # BGR uint8, all the same size
+    regions: list[Regions]            # one per frame
+    config: dict
+
+    @property
+    def is_video(self) -> bool:
+        return len(self.frames) > 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        h, w = self.frames[0].shape[:2]
+        return w, h
+
+
+# --- preparation -------------------------------------------------------------------------------
+
+_FACES = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+_EYES = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml")
+
+
+def mouth_of(face: Box) -> Box:
+    """Where the mouth lies in a frontal face box (Haar boxes run from brow to chin)."""
+    x1, y1, x2, y2 = face
+    w, h = x2 - x1, y2 - y1
+    return (x1 + round(0.27 * w), y1 + round(0.68 * h), x1 + round(0.73 * w), y1 + round(0.92 * h))
+
+
+def detect_faces(frame: np.ndarray) -> list[Box]:
+    gray = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    side = min(gray.shape)
+    found = _FACES.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side // 12, side // 12))
+    return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]
+
+
+def detect_eyes(frame: np.ndarray, face: Box) -> list[Box]:
+    x1, y1, x2, y2 = face
+    upper = cv2.cvtColor(frame[y1:y1 + (y2 - y1) // 2, x1:x2], cv2.COLOR_BGR2GRAY)
+    found = _EYES.detectMultiScale(upper, scaleFactor=1.1, minNeighbors=5, minSize=((x2 - x1) // 8,) * 2)
+    eyes = sorted(((x1 + int(x), y1 + int(y), x1 + int(x + w), y1 + int(y + h)) for x, y, w, h in found),
+                  key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)[:2]
+    return sorted(eyes)
+
+
+def read_frames(source: Path, max_seconds: float, max_side: int) -> tuple[list[np.ndarray], str]:
+    """Frames of an image (one) or a video (sampled at 25 fps, cut to max_seconds), scaled down."""
+    image = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    if image is not None:
+        frames, kind = [image], "image"
+    else:
+        capture = cv2.VideoCapture(str(source))
+        try:
+            if not capture.isOpened():
+                raise AvatarError(f"{source} is neither an image nor a video OpenCV can read")
+            fps = capture.get(cv2.CAP_PROP_FPS) or FPS
+            source_frames = []
+            while len(source_frames) < max_seconds * fps:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                source_frames.append(frame)
+        finally:
+            capture.release()
+        if not source_frames:
+            raise AvatarError(f"{source} has no readable frames")
+        # Resample to 25 fps: the source frame nearest to each 1/25 s.
+        count = max(1, int(len(source_frames) * FPS / fps))
+        frames = [source_frames[min(len(source_frames) - 1, round(k * fps / FPS))] for k in range(count)]
+        kind = "video"
+    scale = max_side / max(frames[0].shape[:2])
+    if scale < 1:
+        frames = [cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for f in frames]
+    # Even sizes: video encoders want them.
+    h, w = (d - d % 2 for d in frames[0].shape[:2])
+    return [np.ascontiguousarray(f[:h, :w]) for f in frames], kind
+
+
+def find_regions(frames: list[np.ndarray]) -> list[Regions]:
+    """The largest face of each frame, boxes smoothed over time; frames without a face borrow."""
+    faces: list[Box | None] = []
+    for frame in frames:
+        found = detect_faces(frame)
+        faces.append(max(found, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if found else None)
+    known = [i for i, f in enumerate(faces) if f is not None]
+    if not known:
+        raise AvatarError("no face found: use a clear, frontal, well-lit photo or video of one person")
+    boxes = np.array([faces[min(known, key=lambda k: abs(k - i))] for i in range(len(frames))], dtype=float)
+    if len(frames) > 1:  # moving average over 5 frames, so the mouth does not jitter
+        padded = np.pad(boxes, ((2, 2), (0, 0)), mode="edge")
+        boxes = np.stack([padded[i:i + len(frames)] for i in range(5)]).mean(axis=0)
+    regions = []
+    for frame, box in zip(frames, boxes):
+        face = tuple(int(round(v)) for v in box)
+        regions.append(Regions(face, mouth_of(face), detect_eyes(frame, face)))
+    return regions
+
+
+def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.0, max_side: int = 720,
+            overrides: dict | None = None) -> Path:
+    """Make avatars/NAME from an image or a video; atomic: complete or absent."""
+    target = avatar_dir(data_dir, name)
+    source = Path(source)
+    if not source.is_file():
+        raise AvatarError(f"{source} is not a file")
+    frames, kind = read_frames(source, max_seconds, max_side)
+    regions = find_regions(frames)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        (staging / "frames").mkdir()
+        for i, frame in enumerate(frames):
+            cv2.imwrite(str(staging / "frames" / f"{i:06d}.png"), frame)
+        (staging / "regions.json").write_text(json.dumps([r.to_json() for r in regions]))
+        config = {"format": FORMAT, "kind": kind, "frame_count": len(frames),
+                  "size": [frames[0].shape[1], frames[0].shape[0]], "source": source.name,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  **DEFAULT_CONFIG, **(overrides or {})}
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+class _CoordsUnpickler(pickle.Unpickler):
+    """coords.pkl holds lists of int tuples, maybe numpy ints: allow those and nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "dtype"), ("builtins", "int"), ("builtins", "tuple"), ("builtins", "list")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"coords.pkl refers to {module}.{name}, which an avatar never needs")
+        return super().find_class(module, name)
+
+
+def _read_frames(folder: Path) -> list[np.ndarray]:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")),
+                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    frames = []
+    for path in files:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise AvatarError(f"{path} is not a readable image")
+        frames.append(frame)
+    if not frames:
+        raise AvatarError(f"{folder} holds no frames")
+    if any(f.shape != frames[0].shape for f in frames):
+        raise AvatarError(f"frames in {folder} differ in size")
+    return frames
+
+
+def _load_livetalking(path: Path, name: str) -> Avatar:
+    frames = _read_frames(path / "full_imgs")
+    try:
+        with open(path / "coords.pkl", "rb") as f:
+            coords = _CoordsUnpickler(f).load()
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+        raise AvatarError(f"{path / 'coords.pkl'} is not a list of face boxes: {exc}") from exc
+    if len(coords) != len(frames):
+        raise AvatarError(f"{path}: {len(coords)} boxes in coords.pkl for {len(frames)} frames")
+    regions = []
+    for box in coords:
+        face = tuple(int(v) for v in box)
+        regions.append(Regions(face, mouth_of(face)))
+    config_file = path / "config.json"
+    config = {**DEFAULT_CONFIG, "avatar_model": "musetalk",
+              **(json.loads(config_file.read_text()) if config_file.exists() else {})}
+    return Avatar(name, path, frames, regions, config)
+
+
+def load(data_dir: Path, name: str) -> Avatar:
+    """Load and validate avatars/NAME; AvatarError says what is wrong with a broken folder."""
+    path = avatar_dir(data_dir, name)
+    if not path.is_dir():
+        raise AvatarError(f"no avatar {name!r}: {path} does not exist; make it with "
+                          f"'python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id {name}'")
+    if (path / "full_imgs").is_dir() and (path / "coords.pkl").is_file():
+        return _load_livetalking(path, name)
+    try:
+        config = json.loads((path / "config.json").read_text())
+        regions = [Regions.from_json(r) for r in json.loads((path / "regions.json").read_text())]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AvatarError(f"avatar folder {path} is broken ({exc}); prepare it again") from exc
+    if config.get("format") != FORMAT:
+        raise AvatarError(f"{path}/config.json has format {config.get('format')!r}, expected {FORMAT}")
+    frames = _read_frames(path / "frames")
+    if len(frames) != len(regions):
+        raise AvatarError(f"{path}: {len(regions)} regions for {len(frames)} frames; prepare it again")
+    return Avatar(name, path, frames, regions, {**DEFAULT_CONFIG, **config})

@@ -1,0 +1,160 @@
+"""The one clock of the worker and the WebRTC tracks it feeds.
+
+Every 40 ms the Stage takes 40 ms of speech from each session, renders the video frame for
+those same samples (one engine call for all speaking sessions), and pushes the frame and the
+first 20 ms audio packet; the second audio packet follows 20 ms later. Sound and picture come
+from one clock and one window of samples, so they cannot drift apart. Idle sessions share the
+idle frame of the tick: no rendering, no colour conversion per viewer.
+"""
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from typing import Protocol
+
+import av
+import cv2
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from .animation import IdleAnimation
+from .engines import FrameJob, LipSyncEngine
+from .metrics import METRICS
+from .speech import SAMPLE_RATE, SpeechBuffer
+
+log = logging.getLogger("lipsync_worker.media")
+
+FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS          # 640: 40 ms
+SAMPLES_PER_PACKET = SAMPLES_PER_FRAME // 2     # 320: 20 ms
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+TAIL_FRAMES = 4                                  # keep rendering briefly so the mouth closes softly
+QUEUE_FRAMES = 3                                 # a slow viewer loses old frames, never lags
+
+
+class QueueTrack(MediaStreamTrack):
+    """A track whose frames are pushed by the Stage; a slow reader drops the oldest."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._queue: asyncio.Queue = asyncio.Queue(QUEUE_FRAMES)
+        self._count = 0
+
+    def push(self, frame) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            METRICS.dropped.labels(self.kind).inc()
+        self._queue.put_nowait(frame)
+
+    def clear(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._queue.get()
+        METRICS.frames_sent.labels(self.kind).inc()
+        return frame
+
+
+class Viewer(Protocol):
+    """What the Stage needs of a session."""
+    speech: SpeechBuffer
+    engine_state: object
+    video: QueueTrack
+    audio: QueueTrack
+    tail: int
+    video_pts: int
+    audio_pts: int
+
+
+class Stage:
+    def __init__(self, animation: IdleAnimation, engine: LipSyncEngine) -> None:
+        self.animation = animation
+        self.engine = engine
+        self.viewers: list[Viewer] = []
+        self.fps = 0.0
+        self._ticks: list[float] = []
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start, tick = loop.time(), 0
+        while True:
+            await self._tick(tick, start + (tick + 0.5) / FPS)
+            tick += 1
+            delay = start + tick / FPS - loop.time()
+            if delay < -0.2:
+                # Far behind (the machine stalled): restart the schedule instead of bursting.
+                log.warning("clock %.0f ms behind; resynchronising", -1000 * delay)
+                start, delay = loop.time() - tick / FPS, 0
+            await asyncio.sleep(max(0.0, delay))
+
+    async def _tick(self, n: int, half_time: float) -> None:
+        now = time.monotonic()
+        self._ticks = [t for t in self._ticks if now - t < 1.0] + [now]
+        self.fps = float(len(self._ticks))
+        viewers = list(self.viewers)
+        if not viewers:
+            return
+        index, base, regions = self.animation.frame(n)
+        jobs, talking, audio = [], [], []
+        for viewer in viewers:
+            speaking = viewer.speech.pending > 0
+            samples, phoneme = viewer.speech.take(SAMPLES_PER_FRAME)
+            audio.append(samples)
+            viewer.tail = TAIL_FRAMES if speaking else max(0, viewer.tail - 1)
+            if viewer.tail:
+                jobs.append(FrameJob(index, base, regions, samples, phoneme, viewer.engine_state))
+                talking.append(viewer)
+        rendered = await self._render(jobs) if jobs else []
+        frames = dict(zip(map(id, talking), rendered))
+        idle = None
+        for viewer, samples in zip(viewers, audio):
+            frame = frames.get(id(viewer))
+            if frame is None:
+                idle = idle if idle is not None else to_i420(base)
+            self._push_video(viewer, idle if frame is None else to_i420(frame))
+            self._push_audio(viewer, samples[:SAMPLES_PER_PACKET])
+        asyncio.get_running_loop().call_at(half_time, self._push_second_half, viewers, audio)
+
+    async def _render(self, jobs: list[FrameJob]) -> list[np.ndarray]:
+        size = self.engine.batch_size
+        t0 = time.perf_counter()
+        out = []
+        for i in range(0, len(jobs), size):
+            out += await asyncio.to_thread(self.engine.render, jobs[i:i + size])
+        METRICS.engine_seconds.observe((time.perf_counter() - t0) / len(jobs))
+        return out
+
+    def _push_second_half(self, viewers: list[Viewer], audio: list[np.ndarray]) -> None:
+        for viewer, samples in zip(viewers, audio):
+            self._push_audio(viewer, samples[SAMPLES_PER_PACKET:])
+
+    @staticmethod
+    def _push_video(viewer: Viewer, i420: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+        frame.pts, frame.time_base = viewer.video_pts, VIDEO_TIME_BASE
+        viewer.video_pts += 90000 // FPS
+        viewer.video.push(frame)
+
+    @staticmethod
+    def _push_audio(viewer: Viewer, samples: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts, frame.time_base = viewer.audio_pts, AUDIO_TIME_BASE
+        viewer.audio_pts += len(samples)
+        viewer.audio.push(frame)
+
+
+def to_i420(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)

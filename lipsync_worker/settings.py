@@ -1,0 +1,89 @@
+"""Worker configuration: LiveTalking's command-line flags plus environment variables."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiortc import RTCIceServer
+
+log = logging.getLogger("lipsync_worker")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    avatar_id: str
+    model: str
+    max_session: int
+    host: str
+    port: int
+    tts: str
+    tts_server: str | None
+    voice: str | None
+    batch_size: int
+    instance_token: str
+    data_dir: Path
+    ice_servers: list[RTCIceServer]
+    connect_timeout: float        # a peer still not connected after this is dropped
+    max_text_chars: int
+    llm_url: str | None
+    llm_model: str
+    llm_api_key: str
+    llm_system_prompt: str
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lipsync_worker",
+                                description="One avatar, many WebRTC viewers (LiveTalking-compatible flags).")
+    p.add_argument("--transport", default="webrtc", choices=["webrtc"])
+    p.add_argument("--model", default="puppet", help="lip-sync engine: puppet (CPU, default), musetalk")
+    p.add_argument("--avatar_id", required=True)
+    p.add_argument("--max_session", type=int, default=8)
+    p.add_argument("--listenport", type=int, default=8010)
+    p.add_argument("--listenhost", default=os.environ.get("WORKER_HOST", "127.0.0.1"))
+    p.add_argument("--tts", default="espeak", help="TTS model: espeak (in-process), edgetts, sovits, ...")
+    p.add_argument("--TTS_SERVER", default=None, help="URL of the TTS server; default: the model's port")
+    p.add_argument("--REF_FILE", default=None, help="voice (timbre name or voice id)")
+    p.add_argument("--REF_TEXT", default=None, help="accepted for LiveTalking compatibility; set on the TTS server")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--instance_token", default=os.environ.get("INSTANCE_TOKEN"))
+    return p
+
+
+def _ice_servers(raw: str) -> list[RTCIceServer]:
+    """ICE_SERVERS='[{"urls": "turn:host:3478", "username": "u", "credential": "p"}]'."""
+    if not raw:
+        return []
+    try:
+        return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+                for s in json.loads(raw)]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"ICE_SERVERS must be a JSON list of {{urls, username?, credential?}}: {exc}") from exc
+
+
+def from_args(argv: list[str] | None = None) -> WorkerSettings:
+    args, unknown = parser().parse_known_args(argv)
+    if unknown:
+        log.warning("ignoring LiveTalking flags this worker does not use: %s", " ".join(unknown))
+    if args.max_session < 1 or args.batch_size < 1:
+        raise ValueError("--max_session and --batch_size must be at least 1")
+    token = args.instance_token
+    if not token:
+        token = secrets.token_hex(16)
+        log.info("no --instance_token given; using %s", token)
+    env = os.environ
+    return WorkerSettings(
+        avatar_id=args.avatar_id, model=args.model, max_session=args.max_session, host=args.listenhost,
+        port=args.listenport, tts=args.tts, tts_server=args.TTS_SERVER, voice=args.REF_FILE,
+        batch_size=args.batch_size, instance_token=token,
+        data_dir=Path(env.get("AVATAR_DATA_DIR", "data")),
+        ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
+        connect_timeout=float(env.get("WEBRTC_CONNECT_TIMEOUT", "30")),
+        max_text_chars=int(env.get("MAX_TEXT_CHARS", "2000")),
+        llm_url=env.get("LLM_URL") or None, llm_model=env.get("LLM_MODEL", "gpt-4o-mini"),
+        llm_api_key=env.get("LLM_API_KEY", ""), llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
+    )
