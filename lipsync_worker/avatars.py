@@ -132,7 +132,7 @@ def read_frames(source: Path, max_seconds: float, max_side: int) -> tuple[list[n
         finally:
             capture.release()
         if not source_frames:
-            raise AvatarError(f"{source} has no readable frames")
+            raise AvatarError(f"{source} is neither an image nor a video OpenCV can read (no frames)")
         # Resample to 25 fps: the source frame nearest to each 1/25 s.
         count = max(1, int(len(source_frames) * FPS / fps))
         frames = [source_frames[min(len(source_frames) - 1, round(k * fps / FPS))] for k in range(count)]

@@ -1,16 +1,19 @@
-"""Small local servers that speak the wire formats of the TTS servers our bridges call.
+"""Small local servers that speak the wire formats of the servers our code calls.
 
-    python tests/upstreams.py sovits|cosyvoice|coqui --port P [--rate R] [--mode ok|cut|hang|error]
+    python tests/upstreams.py sovits|cosyvoice|coqui|openai --port P [--rate R] [--mode ok|cut|hang|error]
 
 Each answers with a 440 Hz tone lasting TONE_SECONDS_PER_CHAR per character of text, at the
 upstream's own sample rate, so a test can check length and pitch after our resampling.
 GET /last returns what the latest synthesis request carried, for asserting the bridge's request.
 Modes: cut = drop the connection halfway; hang = never answer; error = answer 400 as upstream does.
+openai answers POST /v1/chat/completions (stream=true) with CHAT_REPLY as server-sent events,
+a few characters per event, the way OpenAI-compatible servers stream.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import struct
 
 import numpy as np
@@ -18,6 +21,7 @@ from aiohttp import web
 
 TONE_HZ = 440
 TONE_SECONDS_PER_CHAR = 0.05
+CHAT_REPLY = "Hello from the model. This is my second sentence!"
 
 
 def tone(text: str, rate: int) -> bytes:
@@ -89,6 +93,23 @@ def create_app(kind: str, rate: int, mode: str) -> web.Application:
         pcm = tone(text, rate)
         return await send(request, wav_header(rate, len(pcm)), pcm, "audio/wav")
 
+    async def openai(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        last.clear()
+        last.update(body)
+        last["authorization"] = request.headers.get("Authorization", "")
+        if mode == "error":
+            return web.json_response({"error": {"message": "model not found"}}, status=404)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(0, len(CHAT_REPLY), 7):
+            delta = {"choices": [{"index": 0, "delta": {"content": CHAT_REPLY[i:i + 7]}}]}
+            await response.write(f"data: {json.dumps(delta)}\n\n".encode())
+            await asyncio.sleep(0.01)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     async def last_request(request: web.Request) -> web.Response:
         return web.json_response(last)
 
@@ -99,6 +120,8 @@ def create_app(kind: str, rate: int, mode: str) -> web.Application:
     elif kind == "cosyvoice":
         for route in ("/inference_sft", "/inference_zero_shot"):
             app.router.add_route("*", route, cosyvoice)
+    elif kind == "openai":
+        app.router.add_post("/v1/chat/completions", openai)
     else:
         app.router.add_route("*", "/api/tts", coqui)
     return app
@@ -106,11 +129,11 @@ def create_app(kind: str, rate: int, mode: str) -> web.Application:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["sovits", "cosyvoice", "coqui"])
+    parser.add_argument("kind", choices=["sovits", "cosyvoice", "coqui", "openai"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate", type=int, default=None)
     parser.add_argument("--mode", choices=["ok", "cut", "hang", "error"], default="ok")
     args = parser.parse_args()
-    default_rate = {"sovits": 32000, "cosyvoice": 24000, "coqui": 22050}[args.kind]
+    default_rate = {"sovits": 32000, "cosyvoice": 24000, "coqui": 22050, "openai": 0}[args.kind]
     web.run_app(create_app(args.kind, args.rate or default_rate, args.mode), host="127.0.0.1",
                 port=args.port, print=None)
