@@ -11,7 +11,10 @@ PYTHON=${PYTHON:-python3}
 
 log() { printf 'start.sh: %s\n' "$*" >&2; }
 
-apt_install() {
+apt_# What the tests need from Debian: a real browser and its driver for the web page tests.
+TEST_DEBIAN_PACKAGES=(chromium chromium-driver)
+
+install() {
   # Debian packages, only when missing; root (or sudo) is needed for this step.
   local missing=()
   for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
@@ -22,6 +25,9 @@ apt_install() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
+
+# What the tests need from Debian: a real browser and its driver for the web page tests.
+TEST_DEBIAN_PACKAGES=(chromium chromium-driver)
 
 install() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -42,9 +48,11 @@ install() {
 
 case "${1:-serve}" in
   install)
-    install ;;
+    install
+    apt_install "${TEST_DEBIAN_PACKAGES[@]}" ;;
   test)
     install
+    apt_install "${TEST_DEBIAN_PACKAGES[@]}"
     shift
     exec "$VENV/bin/python" -m pytest "$@" ;;
   serve)

@@ -54,16 +54,27 @@ class Viewer:
         return self
 
     def _on_track(self, track) -> None:
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+        handle = receiver._handle_rtp_packet
         if track.kind == "audio":
-            receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
-            handle = receiver._handle_rtp_packet
-
             async def record_level(packet, arrival_time_ms):
                 if packet.extensions.audio_level is not None:
                     self.received.rtp_levels.append((time.monotonic(), packet.extensions.audio_level[1]))
                 return await handle(packet, arrival_time_ms)
 
             receiver._handle_rtp_packet = record_level
+        elif not self.decode_video:
+            # Time each frame by the arrival of its first packet and decode nothing: a benchmark
+            # with many viewers in one process then measures the sender, not this client's CPU.
+            last = []
+
+            async def record_frame(packet, arrival_time_ms):
+                if not last or packet.timestamp != last[0]:
+                    last[:] = [packet.timestamp]
+                    self.received.video.append((time.monotonic(), 0, 0))
+
+            receiver._handle_rtp_packet = record_frame
+            return
         self._tasks.append(asyncio.ensure_future(self._consume(track)))
 
     async def _consume(self, track) -> None:

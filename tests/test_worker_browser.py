@@ -1,0 +1,65 @@
+"""The worker's own page in headless Chromium: real WebRTC, real frames on screen."""
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from browser import chromium
+from conftest import ROOT
+
+ARTIFACTS = ROOT / "artifacts"
+
+# Counts decoded frames for two seconds and samples the picture through a canvas.
+WATCH = """
+const done = arguments[arguments.length - 1];
+const video = document.getElementById("video");
+let frames = 0;
+const count = () => { frames++; video.requestVideoFrameCallback(count); };
+video.requestVideoFrameCallback(count);
+const t0 = video.currentTime;
+setTimeout(() => {
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(video, 0, 0);
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let sum = 0, sumSq = 0;
+  for (let i = 0; i < pixels.length; i += 4) { const g = (pixels[i] + pixels[i+1] + pixels[i+2]) / 3; sum += g; sumSq += g * g; }
+  const n = pixels.length / 4, mean = sum / n;
+  done({frames, width: video.videoWidth, height: video.videoHeight, advanced: video.currentTime - t0,
+        mean, std: Math.sqrt(sumSq / n - mean * mean), session: window.avatarSession});
+}, 2000);
+"""
+
+
+@pytest.fixture
+def worker(spawn, tmp_path):
+    subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
+                    "--avatar_id", "astro"], cwd=ROOT, env={"AVATAR_DATA_DIR": str(tmp_path)}, check=True, timeout=60)
+    return spawn([sys.executable, "-m", "lipsync_worker", "--avatar_id", "astro", "--listenport", "{port}"],
+                 env={"AVATAR_DATA_DIR": str(tmp_path)})
+
+
+def test_the_page_plays_the_avatar_and_makes_it_speak(worker):
+    with chromium() as browser:
+        browser.get(worker.url + "/")
+        deadline = time.monotonic() + 20
+        while not browser.execute_script("const v = document.getElementById('video'); return v.videoWidth > 0"):
+            assert time.monotonic() < deadline, browser.find_element("id", "status").text
+            time.sleep(0.1)
+        seen = browser.execute_async_script(WATCH)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "worker_page.png"))
+        assert (seen["width"], seen["height"]) == (512, 512)
+        assert seen["frames"] >= 40 and seen["advanced"] > 1.5     # ~25 fps for 2 s, time moving
+        assert 60 < seen["mean"] < 200 and seen["std"] > 30        # a picture, not a black or flat frame
+        browser.find_element("id", "text").send_keys("Hello from the browser.")
+        browser.find_element("css selector", "#say button[type=submit]").click()
+        deadline = time.monotonic() + 5
+        while not requests.post(worker.url + "/is_speaking", json={"sessionid": seen["session"]},
+                                timeout=5).json()["data"]:
+            assert time.monotonic() < deadline, "the typed text was never spoken"
+            time.sleep(0.05)
+        assert "Connection: connected" in browser.find_element("id", "status").text
