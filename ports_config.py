@@ -5,6 +5,8 @@ MANAGER_PORT = 8607
 
 # Lip-sync workers lease ports from here, MAX_AVATARS wide.
 AVATAR_BASE_PORT = 8615
+# A worker started by hand listens here unless told otherwise (LiveTalking's default).
+WORKER_PORT = 8010
 
 # One TTS server per voice model, started on demand (tts_services). The first four are the
 # existing system's; espeak, the offline default, has its own.

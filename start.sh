@@ -57,8 +57,12 @@ case "${1:-serve}" in
     exec "$VENV/bin/python" -m pytest "$@" ;;
   serve)
     install
-    # Until the avatar manager lands, the service is the offline TTS server (espeak).
-    exec "$VENV/bin/python" -m tts_services --model espeak ;;
+    # Until the avatar manager lands, the service is one lip-sync worker serving a demo avatar
+    # made from the bundled portrait, speaking with the offline voice.
+    if [ ! -d "${AVATAR_DATA_DIR:-data}/avatars/demo" ]; then
+      "$VENV/bin/python" -m lipsync_worker prepare assets/astronaut.png --avatar_id demo
+    fi
+    exec "$VENV/bin/python" -m lipsync_worker --avatar_id demo ;;
   *)
     echo "usage: $0 [serve|test|install]" >&2; exit 2 ;;
 esac

@@ -3,8 +3,13 @@
 Every 40 ms the Stage takes 40 ms of speech from each session, renders the video frame for
 those same samples (one engine call for all speaking sessions), and pushes the frame and the
 first 20 ms audio packet; the second audio packet follows 20 ms later. Sound and picture come
-from one clock and one window of samples, so they cannot drift apart. Idle sessions share the
-idle frame of the tick: no rendering, no colour conversion per viewer.
+from one clock and one window of samples, so they cannot drift apart.
+
+Viewers at rest all see the same picture, so it is encoded once (SharedEncoder) and every idle
+viewer's sender gets the same VP8 packets: an idle viewer costs packetisation, not encoding.
+A speaking viewer's frames go to its own sender's encoder. A viewer switching between the two
+streams gets a keyframe first, and the shared stream repeats one every KEYFRAME_SECONDS for
+viewers that lost packets (its senders cannot answer their keyframe requests).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import asyncio
 import fractions
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import av
@@ -34,6 +40,8 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 TAIL_FRAMES = 4                                  # keep rendering briefly so the mouth closes softly
 QUEUE_FRAMES = 3                                 # a slow viewer loses old frames, never lags
+KEYFRAME_SECONDS = 5
+SHARED_BITRATE = 1_000_000
 
 
 class QueueTrack(MediaStreamTrack):
@@ -67,6 +75,41 @@ class QueueTrack(MediaStreamTrack):
         return frame
 
 
+class SharedEncoder:
+    """One real-time VP8 encoding of the idle picture, for every viewer at rest."""
+
+    def __init__(self) -> None:
+        self._codec: av.VideoCodecContext | None = None
+        self._keyframe_due = True
+        self._count = 0
+
+    def request_keyframe(self) -> None:
+        self._keyframe_due = True
+
+    def encode(self, i420: np.ndarray) -> bytes:
+        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+        if self._codec is None or (frame.width, frame.height) != (self._codec.width, self._codec.height):
+            self._codec = av.CodecContext.create("libvpx", "w")
+            self._codec.width, self._codec.height = frame.width, frame.height
+            self._codec.pix_fmt = "yuv420p"
+            self._codec.bit_rate = SHARED_BITRATE
+            # One thread, as aiortc uses below 640x480: with FFmpeg's default (one per core) the
+            # encode waits for a second core the senders are using, up to tens of milliseconds.
+            self._codec.thread_count = 1
+            # Constant bitrate with a one-second buffer, like aiortc's own VP8 encoder, so a
+            # keyframe cannot take the budget of the frames after it.
+            self._codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0",
+                                   "bufsize": str(SHARED_BITRATE), "minrate": str(SHARED_BITRATE),
+                                   "maxrate": str(SHARED_BITRATE), "static-thresh": "1",
+                                   "undershoot-pct": "100", "overshoot-pct": "15"}
+            self._keyframe_due = True
+        if self._keyframe_due or self._count % (KEYFRAME_SECONDS * FPS) == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+            self._keyframe_due = False
+        self._count += 1
+        return b"".join(bytes(packet) for packet in self._codec.encode(frame))
+
+
 class Viewer(Protocol):
     """What the Stage needs of a session."""
     speech: SpeechBuffer
@@ -76,12 +119,15 @@ class Viewer(Protocol):
     tail: int
     video_pts: int
     audio_pts: int
+    on_shared_stream: bool
 
 
 class Stage:
     def __init__(self, animation: IdleAnimation, engine: LipSyncEngine) -> None:
         self.animation = animation
         self.engine = engine
+        self.shared = SharedEncoder()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine") if engine.slow else None
         self.viewers: list[Viewer] = []
         self.fps = 0.0
         self._ticks: list[float] = []
@@ -117,22 +163,37 @@ class Stage:
                 jobs.append(FrameJob(index, base, regions, samples, phoneme, viewer.engine_state))
                 talking.append(viewer)
         rendered = await self._render(jobs) if jobs else []
-        frames = dict(zip(map(id, talking), rendered))
-        idle = None
+        for viewer, frame in zip(talking, rendered):
+            video = av.VideoFrame.from_ndarray(to_i420(frame), format="yuv420p")
+            if viewer.on_shared_stream:
+                # Its decoder holds the shared stream's pictures: start its own with a keyframe.
+                video.pict_type = av.video.frame.PictureType.I
+                viewer.on_shared_stream = False
+            self._push_video(viewer, video)
+        idle = [viewer for viewer in viewers if not viewer.tail]
+        if idle:
+            if not all(viewer.on_shared_stream for viewer in idle):
+                self.shared.request_keyframe()
+            data = self.shared.encode(to_i420(base))  # ~1 ms: inline (see _render)
+            for viewer in idle:
+                viewer.on_shared_stream = True
+                self._push_video(viewer, av.Packet(data))
         for viewer, samples in zip(viewers, audio):
-            frame = frames.get(id(viewer))
-            if frame is None:
-                idle = idle if idle is not None else to_i420(base)
-            self._push_video(viewer, idle if frame is None else to_i420(frame))
             self._push_audio(viewer, samples[:SAMPLES_PER_PACKET])
         asyncio.get_running_loop().call_at(half_time, self._push_second_half, viewers, audio)
 
     async def _render(self, jobs: list[FrameJob]) -> list[np.ndarray]:
+        """Engine calls, inline unless the engine is slow (a model): getting a result back from a
+        thread can take tens of milliseconds on a busy loop, far more than a cheap frame costs."""
         size = self.engine.batch_size
         t0 = time.perf_counter()
         out = []
         for i in range(0, len(jobs), size):
-            out += await asyncio.to_thread(self.engine.render, jobs[i:i + size])
+            if self.engine.slow:
+                out += await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.engine.render, jobs[i:i + size])
+            else:
+                out += self.engine.render(jobs[i:i + size])
         METRICS.engine_seconds.observe((time.perf_counter() - t0) / len(jobs))
         return out
 
@@ -141,8 +202,7 @@ class Stage:
             self._push_audio(viewer, samples[SAMPLES_PER_PACKET:])
 
     @staticmethod
-    def _push_video(viewer: Viewer, i420: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    def _push_video(viewer: Viewer, frame: av.VideoFrame | av.Packet) -> None:
         frame.pts, frame.time_base = viewer.video_pts, VIDEO_TIME_BASE
         viewer.video_pts += 90000 // FPS
         viewer.video.push(frame)

@@ -6,7 +6,7 @@ import logging
 import secrets
 from typing import AsyncIterator, Callable
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from tts_services.client import TTSError
 from tts_services.engines.base import AudioChunk
@@ -19,6 +19,7 @@ from .speech import SpeechBuffer
 log = logging.getLogger("lipsync_worker.session")
 
 HISTORY_MESSAGES = 20  # chat turns remembered per session
+VP8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
 
 
 class CapacityError(Exception):
@@ -36,6 +37,7 @@ class Session:
         self.tail = 0
         self.video_pts = 0
         self.audio_pts = 0
+        self.on_shared_stream = False
         self.history: list[dict] = []
         self._talks: set[asyncio.Task] = set()
         self._turn = asyncio.Lock()
@@ -109,7 +111,8 @@ class Sessions:
         self._sessions[session_id] = session  # holds the slot while the answer is made
         try:
             pc.addTrack(session.audio)
-            pc.addTrack(session.video)
+            # VP8 only: idle viewers share one VP8 encoding (media.SharedEncoder).
+            pc.addTransceiver(session.video, direction="sendonly").setCodecPreferences(VP8)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception:

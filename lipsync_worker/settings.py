@@ -11,6 +11,8 @@ from pathlib import Path
 
 from aiortc import RTCIceServer
 
+from ports_config import WORKER_PORT
+
 log = logging.getLogger("lipsync_worker")
 
 
@@ -43,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="puppet", help="lip-sync engine: puppet (CPU, default), musetalk")
     p.add_argument("--avatar_id", required=True)
     p.add_argument("--max_session", type=int, default=8)
-    p.add_argument("--listenport", type=int, default=8010)
+    p.add_argument("--listenport", type=int, default=WORKER_PORT)
     p.add_argument("--listenhost", default=os.environ.get("WORKER_HOST", "127.0.0.1"))
     p.add_argument("--tts", default="espeak", help="TTS model: espeak (in-process), edgetts, sovits, ...")
     p.add_argument("--TTS_SERVER", default=None, help="URL of the TTS server; default: the model's port")

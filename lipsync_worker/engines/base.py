@@ -26,8 +26,11 @@ class FrameJob:
 
 
 class LipSyncEngine(ABC):
-    name: str = ""
     """Frames of many sessions are rendered in one call, at most batch_size at a time."""
+
+    name: str = ""
+    # A slow engine (a model, tens of ms a batch) renders in its own thread; a fast one inline.
+    slow: bool = False
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
@@ -37,4 +40,4 @@ class LipSyncEngine(ABC):
 
     @abstractmethod
     def render(self, jobs: list[FrameJob]) -> list[np.ndarray]:
-        """One BGR frame per job, in order. Called from a worker thread, never for idle frames."""
+        """One BGR frame per job, in order. Never called for idle frames."""
