@@ -24,13 +24,19 @@ from .session import Sessions
 from .settings import WorkerSettings, from_args
 
 
-def make_tts(settings: WorkerSettings):
-    """espeak without a server runs in this process; any other voice falls back to it."""
+def make_tts(settings: WorkerSettings) -> tuple[LocalTTS | FallbackTTS, str | None]:
+    """The speech source and the voice to ask it for. espeak without a server runs in this
+    process; any other model falls back to it when its server fails."""
     model = canonical_model(settings.tts)
+    local = LocalTTS()
     if model == "espeak" and not settings.tts_server:
-        return LocalTTS()
+        if settings.voice and local.engine.find_voice(settings.voice) is None:
+            logging.getLogger("lipsync_worker").warning(
+                "espeak has no voice %r; speaking with its default voice", settings.voice)
+            return local, None
+        return local, settings.voice
     url = settings.tts_server or f"http://127.0.0.1:{TTS_PORTS[model]}"
-    return FallbackTTS(TTSClient(url), LocalTTS())
+    return FallbackTTS(TTSClient(url), local), settings.voice
 
 
 def prepare(argv: list[str]) -> int:
@@ -58,7 +64,7 @@ def serve(argv: list[str]) -> int:
         settings = from_args(argv)
         avatar = avatars.load(settings.data_dir, settings.avatar_id)
         engine = create_engine(settings.model, settings.batch_size)
-        tts = make_tts(settings)
+        tts, voice = make_tts(settings)
     except (ValueError, avatars.AvatarError) as exc:
         print(f"lipsync_worker: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +73,7 @@ def serve(argv: list[str]) -> int:
     stage = Stage(IdleAnimation(avatar), engine)
     sessions = Sessions(stage, engine.new_state, settings.max_session, settings.ice_servers,
                         settings.connect_timeout)
-    app = create_app(settings, avatar, stage, sessions, tts, llm)
+    app = create_app(settings, avatar, stage, sessions, tts, voice, llm)
     logging.getLogger("lipsync_worker").info(
         "avatar %s (%s engine) on http://%s:%d", avatar.name, engine.name, settings.host, settings.port)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)

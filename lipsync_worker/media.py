@@ -136,7 +136,11 @@ class Stage:
         loop = asyncio.get_running_loop()
         start, tick = loop.time(), 0
         while True:
-            await self._tick(tick, start + (tick + 0.5) / FPS)
+            try:
+                await self._tick(tick, start + (tick + 0.5) / FPS)
+            except Exception:
+                # One bad frame must not stop the clock: every viewer would freeze.
+                log.exception("tick %d failed", tick)
             tick += 1
             delay = start + tick / FPS - loop.time()
             if delay < -0.2:
@@ -162,7 +166,12 @@ class Stage:
             if viewer.tail:
                 jobs.append(FrameJob(index, base, regions, samples, phoneme, viewer.engine_state))
                 talking.append(viewer)
-        rendered = await self._render(jobs) if jobs else []
+        try:
+            rendered = await self._render(jobs) if jobs else []
+        except Exception:
+            # The voice goes on with a still mouth rather than the picture stopping.
+            log.exception("engine %s failed on %d frames", self.engine.name, len(jobs))
+            rendered = [job.base for job in jobs]
         for viewer, frame in zip(talking, rendered):
             video = av.VideoFrame.from_ndarray(to_i420(frame), format="yuv420p")
             if viewer.on_shared_stream:

@@ -55,7 +55,7 @@ async def _json(request: web.Request) -> dict:
 
 
 def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions: Sessions, tts,
-               llm: ChatLLM | None) -> web.Application:
+               voice: str | None, llm: ChatLLM | None) -> web.Application:
     app = web.Application(client_max_size=MAX_AUDIO_BYTES + 64 * 1024)
     started = time.monotonic()
 
@@ -71,7 +71,7 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         return session
 
     def speak(text: str):
-        return tts.stream(text, voice=settings.voice)
+        return tts.stream(text, voice=voice)
 
     async def offer(request: web.Request) -> web.Response:
         body = await _json(request)

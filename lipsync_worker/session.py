@@ -39,6 +39,7 @@ class Session:
         self.audio_pts = 0
         self.on_shared_stream = False
         self.history: list[dict] = []
+        self.expiry: asyncio.Task | None = None
         self._talks: set[asyncio.Task] = set()
         self._turn = asyncio.Lock()
 
@@ -71,6 +72,8 @@ class Session:
         self.video.clear()
 
     async def close(self) -> None:
+        if self.expiry is not None and self.expiry is not asyncio.current_task():
+            self.expiry.cancel()
         self.interrupt()
         self.video.stop()
         self.audio.stop()
@@ -127,7 +130,7 @@ class Sessions:
 
         self.stage.viewers.append(session)
         METRICS.sessions.set(len(self._sessions))
-        asyncio.create_task(self._expire(session))
+        session.expiry = asyncio.create_task(self._expire(session))
         return session
 
     async def _expire(self, session: Session) -> None:

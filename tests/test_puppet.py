@@ -1,11 +1,14 @@
 """The puppet engine, the idle animation and the speech buffer, on the bundled portrait."""
+import asyncio
+
 import numpy as np
 import pytest
 
 from conftest import ROOT
 from lipsync_worker import avatars
 from lipsync_worker.animation import IdleAnimation, pingpong
-from lipsync_worker.engines import FrameJob, create_engine
+from lipsync_worker.engines import FrameJob, LipSyncEngine, create_engine
+from lipsync_worker.media import QueueTrack, Stage
 from lipsync_worker.engines.puppet import loudness, shape_of
 from lipsync_worker.speech import SpeechBuffer
 from tts_services.engines.base import AudioChunk, Phoneme
@@ -117,3 +120,36 @@ def test_speech_buffer_clear_is_silence_at_once():
     buffer.clear()
     samples, phoneme = buffer.take(640)
     assert buffer.pending == 0 and not samples.any() and phoneme is None
+
+
+class BrokenEngine(LipSyncEngine):
+    name = "broken"
+
+    def render(self, jobs):
+        raise RuntimeError("model exploded")
+
+
+class FakeViewer:
+    def __init__(self):
+        self.speech = SpeechBuffer()
+        self.engine_state = None
+        self.video, self.audio = QueueTrack("video"), QueueTrack("audio")
+        self.tail = self.video_pts = self.audio_pts = 0
+        self.on_shared_stream = False
+
+
+def test_a_failing_engine_keeps_picture_and_voice_going(avatar, caplog):
+    stage = Stage(IdleAnimation(avatar), BrokenEngine(batch_size=4))
+    talking, idle = FakeViewer(), FakeViewer()
+    talking.speech.append(AudioChunk((np.ones(16000, np.int16) * 1000).tobytes()))
+    stage.viewers += [talking, idle]
+
+    async def three_ticks():
+        for n in range(3):
+            await stage._tick(n, asyncio.get_running_loop().time())
+        await asyncio.sleep(0.01)
+
+    asyncio.run(three_ticks())
+    assert talking.video.depth == 3 and idle.video.depth == 3      # every tick still sent a frame
+    assert talking.audio.depth == 3                                 # queue keeps the newest 3
+    assert "engine broken failed" in caplog.text
