@@ -11,10 +11,7 @@ PYTHON=${PYTHON:-python3}
 
 log() { printf 'start.sh: %s\n' "$*" >&2; }
 
-apt_# What the tests need from Debian: a real browser and its driver for the web page tests.
-TEST_DEBIAN_PACKAGES=(chromium chromium-driver)
-
-install() {
+apt_install() {
   # Debian packages, only when missing; root (or sudo) is needed for this step.
   local missing=()
   for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
