@@ -152,7 +152,8 @@ class Stage:
     async def _tick(self, n: int, half_time: float) -> None:
         now = time.monotonic()
         self._ticks = [t for t in self._ticks if now - t < 1.0] + [now]
-        self.fps = float(len(self._ticks))
+        if len(self._ticks) > 1:
+            self.fps = round((len(self._ticks) - 1) / (self._ticks[-1] - self._ticks[0]), 1)
         viewers = list(self.viewers)
         if not viewers:
             return

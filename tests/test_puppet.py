@@ -1,5 +1,6 @@
 """The puppet engine, the idle animation and the speech buffer, on the bundled portrait."""
 import asyncio
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -153,3 +154,45 @@ def test_a_failing_engine_keeps_picture_and_voice_going(avatar, caplog):
     assert talking.video.depth == 3 and idle.video.depth == 3      # every tick still sent a frame
     assert talking.audio.depth == 3                                 # queue keeps the newest 3
     assert "engine broken failed" in caplog.text
+
+
+class RecordingEngine(LipSyncEngine):
+    name = "recording"
+
+    def __init__(self):
+        super().__init__(batch_size=8)
+        self.audio = []
+
+    def render(self, jobs):
+        self.audio += [job.audio.copy() for job in jobs]
+        return [job.base for job in jobs]
+
+
+def test_each_frame_is_rendered_from_the_samples_sent_with_it(avatar):
+    """Lip sync by construction: frame n shows the 40 ms of audio sent as tick n, same media time."""
+    engine = RecordingEngine()
+    stage = Stage(IdleAnimation(avatar), engine)
+    viewer = FakeViewer()
+    speech = (np.arange(16000) % 1000 + 1).astype(np.int16)
+    viewer.speech.append(AudioChunk(speech.tobytes()))
+    stage.viewers.append(viewer)
+    sent_audio, sent_video = [], []
+
+    async def ticks():
+        loop = asyncio.get_running_loop()
+        for n in range(5):
+            await stage._tick(n, loop.time())
+            for _ in range(100):  # the tick's second audio packet follows on the loop
+                if viewer.audio.depth == 2:
+                    break
+                await asyncio.sleep(0.001)
+            sent_audio.extend([await viewer.audio.recv(), await viewer.audio.recv()])
+            sent_video.append(await viewer.video.recv())
+
+    asyncio.run(ticks())
+    for n, video in enumerate(sent_video):
+        halves = sent_audio[2 * n:2 * n + 2]
+        samples = np.concatenate([h.to_ndarray().ravel() for h in halves])
+        assert np.array_equal(samples, engine.audio[n])                      # same samples
+        assert np.array_equal(samples, speech[640 * n:640 * (n + 1)])         # in order
+        assert video.pts * video.time_base == halves[0].pts * halves[0].time_base == n * Fraction(1, 25)
