@@ -1,5 +1,4 @@
 """The client the lip-sync worker uses: streaming, retries, clear errors, offline fallback."""
-import asyncio
 import logging
 import time
 
