@@ -51,7 +51,6 @@ class QueueTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self._queue: asyncio.Queue = asyncio.Queue(QUEUE_FRAMES)
-        self._count = 0
 
     def push(self, frame) -> None:
         if self._queue.full():
