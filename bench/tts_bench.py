@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +25,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import free_port, wait_healthy  # noqa: E402
 from tts_services.client import LocalTTS  # noqa: E402
 
 TEXTS = {
@@ -35,25 +36,6 @@ TEXTS = {
     "fa paragraph": ("صبح بخیر و خوش آمدید. امروز به سه موضوع می‌پردازیم. اول هوا، که آفتابی و ۲۵ درجه است. "
                      "دوم، ترافیک جاده‌های اصلی. در پایان یک داستان کوتاه."),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_healthy(url: str, path: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(url + path) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"{url} did not become healthy")
 
 
 class Failed(Exception):
@@ -93,7 +75,8 @@ async def measure(speak, text: str, runs: int) -> dict:
         totals.append(time.perf_counter() - t0)
         audio = size / 32000
     firsts.sort()
-    return {"first_p50": statistics.median(firsts), "first_p95": firsts[int(0.95 * (len(firsts) - 1))],
+    p95 = firsts[math.ceil(0.95 * len(firsts)) - 1]  # nearest rank
+    return {"first_p50": statistics.median(firsts), "first_p95": p95,
             "rtf": statistics.median(totals) / audio, "audio": audio, "failure": None}
 
 

@@ -32,22 +32,11 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+from bench.common import free_port, wait_healthy  # noqa: E402
 from viewer import Viewer, loud_after  # noqa: E402
 
 TEXT = "Hello, I am your avatar. Ask me anything you like and I will answer."
-
-
-async def wait_healthy(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(400):
-            try:
-                async with http.get(url + "/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError(url)
 
 
 def first_speech_packet(levels, since):
@@ -103,7 +92,7 @@ async def bench(counts: list[int], trials: int, decode_video: bool) -> list[tupl
                     "--avatar_id", "bench"], cwd=ROOT, env=env, check=True, capture_output=True)
     rows = []
     for count in counts:
-        port = 18600 + count
+        port = free_port()
         worker = subprocess.Popen([sys.executable, "-m", "lipsync_worker", "--avatar_id", "bench",
                                    "--listenport", str(port), "--max_session", str(max(counts))],
                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

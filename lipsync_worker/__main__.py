@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .llm import ChatLLM
 from .media import Stage
 from .server import create_app
 from .session import Sessions
-from .settings import WorkerSettings, from_args
+from .settings import WorkerSettings, data_dir, from_args
 
 
 def make_tts(settings: WorkerSettings) -> tuple[LocalTTS | FallbackTTS, str | None]:
@@ -48,9 +47,8 @@ def prepare(argv: list[str]) -> int:
     parser.add_argument("--timbre", default=None)
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("tts_model", args.tts_model), ("timbre", args.timbre)) if v}
-    data_dir = Path(os.environ.get("AVATAR_DATA_DIR", "data"))
     try:
-        path = avatars.prepare(args.source, args.avatar_id, data_dir, max_seconds=args.max_seconds,
+        path = avatars.prepare(args.source, args.avatar_id, data_dir(), max_seconds=args.max_seconds,
                                overrides=overrides)
     except avatars.AvatarError as exc:
         print(f"prepare: {exc}", file=sys.stderr)

@@ -187,8 +187,13 @@ def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.
                   **DEFAULT_CONFIG, **(overrides or {})}
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         if target.exists():
-            shutil.rmtree(target)
-        os.rename(staging, target)
+            # Move the old one aside, then the new one in: the name is never missing for long.
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=target.parent))
+            os.rename(target, old / name)
+            os.rename(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -12,6 +12,7 @@ from pathlib import Path
 from aiortc import RTCIceServer
 
 from ports_config import WORKER_PORT
+from tts_services.settings import number
 
 log = logging.getLogger("lipsync_worker")
 
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lipsync_worker",
                                 description="One avatar, many WebRTC viewers (LiveTalking-compatible flags).")
     p.add_argument("--transport", default="webrtc", choices=["webrtc"])
-    p.add_argument("--model", default="puppet", help="lip-sync engine: puppet (CPU, default), musetalk")
+    p.add_argument("--model", default="puppet", help="lip-sync engine: puppet (CPU, the default)")
     p.add_argument("--avatar_id", required=True)
     p.add_argument("--max_session", type=int, default=8)
     p.add_argument("--listenport", type=int, default=WORKER_PORT)
@@ -54,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--instance_token", default=os.environ.get("INSTANCE_TOKEN"))
     return p
+
+
+def data_dir(env=os.environ) -> Path:
+    """Where avatars live: $AVATAR_DATA_DIR, ./data by default."""
+    return Path(env.get("AVATAR_DATA_DIR") or "data")
 
 
 def _ice_servers(raw: str) -> list[RTCIceServer]:
@@ -82,10 +88,10 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         avatar_id=args.avatar_id, model=args.model, max_session=args.max_session, host=args.listenhost,
         port=args.listenport, tts=args.tts, tts_server=args.TTS_SERVER, voice=args.REF_FILE,
         batch_size=args.batch_size, instance_token=token,
-        data_dir=Path(env.get("AVATAR_DATA_DIR", "data")),
+        data_dir=data_dir(env),
         ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
-        connect_timeout=float(env.get("WEBRTC_CONNECT_TIMEOUT", "30")),
-        max_text_chars=int(env.get("MAX_TEXT_CHARS", "2000")),
+        connect_timeout=number(env, "WEBRTC_CONNECT_TIMEOUT", 30.0, 1.0),
+        max_text_chars=number(env, "MAX_TEXT_CHARS", 2000, 1, int),
         llm_url=env.get("LLM_URL") or None, llm_model=env.get("LLM_MODEL", "gpt-4o-mini"),
         llm_api_key=env.get("LLM_API_KEY", ""), llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
     )

@@ -35,6 +35,14 @@ def test_an_image_becomes_a_one_frame_avatar_with_face_mouth_and_eyes(tmp_path):
     assert avatar.config["avatar_model"] == "puppet" and avatar.config["kind"] == "image"
 
 
+def test_preparing_again_replaces_the_avatar_and_leaves_no_debris(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", seconds=1.0)
+    avatars.prepare(PORTRAIT, "astro", tmp_path)
+    avatars.prepare(video, "astro", tmp_path)
+    assert len(avatars.load(tmp_path, "astro").frames) == 25
+    assert sorted(p.name for p in (tmp_path / "avatars").iterdir()) == ["astro"]
+
+
 def test_a_video_is_sampled_at_25_fps_and_cut(tmp_path):
     video = write_video(tmp_path / "clip.mp4", seconds=2.0, fps=30)
     avatars.prepare(video, "clip", tmp_path)

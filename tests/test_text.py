@@ -71,3 +71,11 @@ def test_model_names_are_normalised_like_the_existing_system(alias, model):
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(ValueError, match="known: espeak, edgetts, sovits, cosyvoice, tacotron"):
         canonical_model("festival")
+
+
+def test_streamed_text_yields_only_complete_sentences():
+    from tts_services.text import pop_sentences
+    assert pop_sentences("Hello there. How ar") == (["Hello there."], "How ar")
+    assert pop_sentences("No end yet") == ([], "No end yet")
+    assert pop_sentences("One! Two? ") == (["One!", "Two?"], "")
+    assert pop_sentences("سلام. خوبی") == (["سلام."], "خوبی")

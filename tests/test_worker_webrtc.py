@@ -289,9 +289,11 @@ def test_health_names_the_instance_and_metrics_count_frames(worker):
     (["--avatar_id", "../etc"], "must be 1-64 letters"),
     (["--avatar_id", "astro", "--model", "wav2lip"], "engine 'wav2lip' is not available"),
     (["--avatar_id", "astro", "--tts", "festival"], "unknown TTS model 'festival'"),
+    (["--avatar_id", "astro", "WEBRTC_CONNECT_TIMEOUT=soon"], "WEBRTC_CONNECT_TIMEOUT='soon' is not a number"),
 ])
 def test_a_worker_that_cannot_serve_says_why_and_exits(data_dir, flags, says):
-    result = subprocess.run([sys.executable, "-m", "lipsync_worker", "--listenport", str(free_port()), *flags],
-                            cwd=ROOT, env={"AVATAR_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
-                            timeout=60)
+    env = {"AVATAR_DATA_DIR": str(data_dir), **dict(f.split("=", 1) for f in flags if "=" in f)}
+    result = subprocess.run([sys.executable, "-m", "lipsync_worker", "--listenport", str(free_port()),
+                             *(f for f in flags if "=" not in f)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and says in result.stderr

@@ -12,7 +12,8 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message says which and how to fix it."""
 
 
-def _number(env: dict, name: str, default: float, minimum: float, cast=float):
+def number(env: dict, name: str, default: float, minimum: float, cast=float):
+    """A numeric setting from `env`; ConfigError names the variable when it is malformed."""
     raw = env.get(name)
     if raw is None or raw == "":
         return cast(default)
@@ -57,9 +58,9 @@ class Settings:
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         return cls(
-            max_text_chars=_number(env, "TTS_MAX_TEXT_CHARS", 2000, 1, int),
-            connect_timeout=_number(env, "TTS_CONNECT_TIMEOUT", 2.0, 0.1),
-            read_timeout=_number(env, "TTS_READ_TIMEOUT", 30.0, 0.1),
+            max_text_chars=number(env, "TTS_MAX_TEXT_CHARS", 2000, 1, int),
+            connect_timeout=number(env, "TTS_CONNECT_TIMEOUT", 2.0, 0.1),
+            read_timeout=number(env, "TTS_READ_TIMEOUT", 30.0, 0.1),
             edgetts_proxy=_url(env, "EDGETTS_PROXY", None),
             sovits_url=_url(env, "SOVITS_URL", UPSTREAM_URLS["sovits"]),
             sovits_ref_audio=env.get("SOVITS_REF_AUDIO") or None,
@@ -69,7 +70,7 @@ class Settings:
             cosyvoice_ref_audio=env.get("COSYVOICE_REF_AUDIO") or None,
             cosyvoice_ref_text=env.get("COSYVOICE_REF_TEXT", ""),
             cosyvoice_spk_id=env.get("COSYVOICE_SPK_ID") or None,
-            cosyvoice_sample_rate=_number(env, "COSYVOICE_SAMPLE_RATE", 24000, 8000, int),
+            cosyvoice_sample_rate=number(env, "COSYVOICE_SAMPLE_RATE", 24000, 8000, int),
             tacotron_url=_url(env, "TACOTRON_URL", None),
             tacotron_speaker=env.get("TACOTRON_SPEAKER") or None,
         )

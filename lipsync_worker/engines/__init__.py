@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from .base import FrameJob, LipSyncEngine
 
-ENGINES = ("puppet", "musetalk")
-
-
 def create_engine(name: str, batch_size: int) -> LipSyncEngine:
     if name == "puppet":
         from .puppet import PuppetEngine
@@ -13,4 +10,4 @@ def create_engine(name: str, batch_size: int) -> LipSyncEngine:
     raise ValueError(f"engine {name!r} is not available; available: puppet")
 
 
-__all__ = ["ENGINES", "FrameJob", "LipSyncEngine", "create_engine"]
+__all__ = ["FrameJob", "LipSyncEngine", "create_engine"]
