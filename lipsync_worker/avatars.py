@@ -23,32 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-FORMAT = 1
+from .avatar_config import DEFAULT_CONFIG, FORMAT, AvatarError, avatar_dir, is_livetalking, read_config
+
 FPS = 25
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DEFAULT_CONFIG = {
-    "tts_model": "espeak",
-    "timbre": "Default",
-    "avatar_model": "puppet",
-    "transport": "webrtc",
-    "max_session": 8,
-}
-
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2
-
-
-class AvatarError(ValueError):
-    """The avatar cannot be prepared or loaded; the message says why and what to do."""
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise AvatarError(f"avatar name {name!r} must be 1-64 letters, digits, '_' or '-'")
-    return name
-
-
-def avatar_dir(data_dir: Path, name: str) -> Path:
-    return Path(data_dir) / "avatars" / check_name(name)
 
 
 @dataclass
@@ -230,7 +208,7 @@ def _read_frames(folder: Path) -> list[np.ndarray]:
     return frames
 
 
-def _load_livetalking(path: Path, name: str) -> Avatar:
+def _load_livetalking(path: Path, name: str, config: dict) -> Avatar:
     frames = _read_frames(path / "full_imgs")
     try:
         with open(path / "coords.pkl", "rb") as f:
@@ -243,22 +221,16 @@ def _load_livetalking(path: Path, name: str) -> Avatar:
     for box in coords:
         face = tuple(int(v) for v in box)
         regions.append(Regions(face, mouth_of(face)))
-    config_file = path / "config.json"
-    config = {**DEFAULT_CONFIG, "avatar_model": "musetalk",
-              **(json.loads(config_file.read_text()) if config_file.exists() else {})}
     return Avatar(name, path, frames, regions, config)
 
 
 def load(data_dir: Path, name: str) -> Avatar:
     """Load and validate avatars/NAME; AvatarError says what is wrong with a broken folder."""
+    config = read_config(data_dir, name)
     path = avatar_dir(data_dir, name)
-    if not path.is_dir():
-        raise AvatarError(f"no avatar {name!r}: {path} does not exist; make it with "
-                          f"'python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id {name}'")
-    if (path / "full_imgs").is_dir() and (path / "coords.pkl").is_file():
-        return _load_livetalking(path, name)
+    if is_livetalking(path):
+        return _load_livetalking(path, name, config)
     try:
-        config = json.loads((path / "config.json").read_text())
         regions = [Regions.from_json(r) for r in json.loads((path / "regions.json").read_text())]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AvatarError(f"avatar folder {path} is broken ({exc}); prepare it again") from exc
@@ -267,4 +239,4 @@ def load(data_dir: Path, name: str) -> Avatar:
     frames = _read_frames(path / "frames")
     if len(frames) != len(regions):
         raise AvatarError(f"{path}: {len(regions)} regions for {len(frames)} frames; prepare it again")
-    return Avatar(name, path, frames, regions, {**DEFAULT_CONFIG, **config})
+    return Avatar(name, path, frames, regions, config)

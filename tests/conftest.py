@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +101,57 @@ def upstream(spawn):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server for the whole session; always terminated and reaped."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; the Redis store tests need it (apt-get install redis-server)")
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    log = open(folder / "redis.log", "wb")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no",
+                             "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {proc.returncode}: {(folder / 'redis.log').read_text()}")
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server not answering PING within 10 s: {(folder / 'redis.log').read_text()}")
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def manager(tmp_path):
+    """manager(**env) -> a started Manager; all of them are stopped, and checked to leave nothing."""
+    from managers import Manager
+    started: list[Manager] = []
+
+    def start(start: bool = True, **env: str) -> Manager:
+        m = Manager(tmp_path, {k: str(v) for k, v in env.items()})
+        started.append(m)
+        return m.start() if start else m
+
+    yield start
+    for m in started:
+        m.stop()

@@ -1,0 +1,194 @@
+"""REST routes, a drop-in for the existing avatar-manager. Envelope:
+{"status": "success"|"error", "message": str, "data": ...}; bad input 400, unknown 404, capacity or a
+dependency down 503. Handlers are stateless: everything lives in the store."""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, jsonify, request
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from . import __version__, metrics
+from .gpus import read_gpus, unavailable_reason
+from .instances import State
+from .logs import setup_logging
+from .pool import BadRequest, Pool, Unavailable
+from .settings import Settings
+from .store import CapacityError, NotFound, StoreError, open_store
+
+log = logging.getLogger("avatar_manager.api")
+
+
+def _reply(message: str, data=None, status: int = 200, **extra) -> tuple[Response, int]:
+    body = {"status": "success" if status < 400 else "error", "message": message}
+    if data is not None:
+        body["data"] = data
+    body.update(extra)
+    return jsonify(body), status
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object, e.g. {\"avatar_id\": \"demo_user_1\"}")
+    return body
+
+
+def _text(body: dict, name: str, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"missing {name}")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _host() -> str:
+    """Where the caller reached us: the workers are on the same host."""
+    host = urlsplit(request.host_url).hostname or "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    setup_logging(None)
+    store = open_store(settings)
+    pool = Pool(settings, store)
+    app = Flask("avatar_manager")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    if settings.cors_origins:
+        CORS(app, origins=settings.cors_origins)
+
+    @app.before_request
+    def authenticate():
+        if not settings.api_token or request.path == "/health" or request.method == "OPTIONS":
+            return None
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_token}".encode()):
+            return _reply("missing or wrong API token (Authorization: Bearer ...)", status=401)
+        return None
+
+    @app.errorhandler(BadRequest)
+    def bad_request(exc):
+        return _reply(str(exc), status=400)
+
+    @app.errorhandler(NotFound)
+    def not_found(exc):
+        return _reply(str(exc), status=404)
+
+    @app.errorhandler(CapacityError)
+    @app.errorhandler(Unavailable)
+    def unavailable(exc):
+        return _reply(str(exc), status=503)
+
+    @app.errorhandler(StoreError)
+    def store_down(exc):
+        log.error("%s", exc)
+        return _reply(f"the store is unavailable: {exc}", status=503)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        return _reply(exc.description or exc.name, status=exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def internal(exc):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _reply(f"internal error: {type(exc).__name__}", status=500)
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "healthy", "service": "avatar-manager", "version": __version__})
+
+    @app.get("/ready")
+    def ready():
+        store.ping()
+        if not pool.supervised():
+            return _reply("no supervisor holds the lease", status=503)
+        return _reply("ready", {"store": "redis" if settings.redis_url else "sqlite"})
+
+    @app.get("/status")
+    def status():
+        instances = store.list()
+        active = [i for i in instances if i.state not in (State.FAILED, State.STOPPED)]
+        gpus = read_gpus(settings.gpu_ids)
+        manager = {
+            "running": sum(i.state == State.RUNNING for i in instances),
+            "instances": len(active),
+            "max": settings.max_avatars,
+            "available": max(0, settings.max_avatars - len(active)),
+            "utilization": f"{len(active)}/{settings.max_avatars}",
+            "states": {s.value: sum(i.state == s for i in instances) for s in State},
+            "gpu_distribution": {str(i.gpu): sum(j.gpu == i.gpu for j in active) for i in active},
+            "total_connections": sum(i.connections for i in instances),
+            "shared_avatars": sum(i.connections > 1 for i in instances),
+            "avatar_map": {i.avatar: i.instance_id for i in active},
+            "avatars": [i.to_api(_host()) for i in instances],
+            "supervisor": store.lease_holder(time.time()),
+            "version": __version__,
+        }
+        gpu = [g.to_api(sum(i.reserved_mb for i in active if i.gpu == g.index and i.state == State.STARTING),
+                        sum(i.gpu == g.index for i in active)) for g in gpus]
+        return _reply("ok", {"manager": manager, "gpu": gpu, "gpu_note": None if gpus else unavailable_reason()
+                             or "no GPU selected (GPU_IDS)"})
+
+    @app.get("/metrics")
+    def metrics_route():
+        return Response(metrics.render(settings, store), mimetype="text/plain; version=0.0.4")
+
+    @app.post("/avatar/start")
+    def start():
+        body = _body()
+        instance, created = pool.start(_text(body, "avatar_id"), _text(body, "avatar_name", required=False))
+        verb = "started" if created else "joined"
+        return _reply(f"avatar {instance.avatar} {verb} ({instance.connections} connection(s))",
+                      {**instance.to_api(_host()), "is_new": created})
+
+    @app.post("/avatar/disconnect")
+    def disconnect():
+        body = _body()
+        key = _text(body, "avatar_name", required=False) or _text(body, "avatar_id", required=False)
+        if not key:
+            raise BadRequest("missing avatar_name or avatar_id")
+        instance = pool.disconnect(key)
+        return _reply(f"avatar {instance.avatar} disconnected ({instance.connections} connection(s) left)",
+                      instance.to_api(_host()))
+
+    @app.post("/avatar/stop")
+    def stop():
+        body = _body()
+        force = body.get("force", True)
+        if not isinstance(force, bool):
+            raise BadRequest("force must be true or false")
+        remaining = pool.stop(_text(body, "avatar_id"), force)
+        if remaining is not None:
+            return _reply(f"avatar {remaining.avatar} stays up with {remaining.connections} connection(s)",
+                          remaining.to_api(_host()))
+        return _reply(f"avatar {body['avatar_id']} stopped")
+
+    @app.post("/avatar/restart")
+    def restart():
+        instance = pool.restart(_text(_body(), "avatar_id"))
+        return _reply(f"avatar {instance.avatar} restarted", instance.to_api(_host()))
+
+    @app.post("/avatar/stop-all")
+    def stop_all():
+        count = pool.stop_all()
+        return _reply(f"{count} avatar instance(s) stopped")
+
+    @app.get("/avatar/list")
+    def list_instances():
+        instances = [i.to_api(_host()) for i in pool.list()]
+        return _reply("ok", instances, count=len(instances))
+
+    @app.get("/avatar/info/<key>")
+    def info(key: str):
+        return _reply("ok", pool.find(key).to_api(_host()))
+
+    return app

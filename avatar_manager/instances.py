@@ -1,0 +1,90 @@
+"""An avatar instance as the store records it, and its lifecycle states.
+
+STARTING -> RUNNING -> STOPPING -> STOPPED; a crash: RUNNING -> EXITED -> BACKOFF -> STARTING;
+too many failed starts: FAILED (stays down until /avatar/restart).
+One record per avatar name: users who pick the same avatar share its instance.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from enum import Enum
+
+
+class State(str, Enum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    EXITED = "EXITED"
+    BACKOFF = "BACKOFF"
+    FAILED = "FAILED"
+
+
+# A start joins an instance in these states; it waits for STOPPING to finish, and replaces the rest.
+JOINABLE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
+# These hold a port (and count against MAX_AVATARS).
+HOLDS_PORT = frozenset({State.STARTING, State.RUNNING, State.STOPPING, State.EXITED, State.BACKOFF})
+
+
+@dataclass
+class Instance:
+    avatar: str               # the avatar's name (real_avatar_name), the record's key
+    instance_id: str          # the avatar_id of the start that created it, e.g. "g_user_7"
+    state: State
+    port: int
+    gpu: int                  # -1: CPU
+    reserved_mb: int          # GPU memory counted as taken while STARTING
+    token: str                # the worker's /health must answer with it
+    connections: int
+    created: float            # wall-clock seconds
+    pid: int = 0
+    pid_started: float = 0.0  # the process's start time, so a reused pid is not mistaken for it
+    ready_at: float = 0.0
+    idle_since: float = 0.0   # when connections last reached 0
+    error: str = ""
+    restart: bool = False     # STOPPING on the way to STARTING again
+    failures: int = 0         # crashes and failed restarts since it last stayed up
+    retry_at: float = 0.0     # BACKOFF ends
+
+    def to_record(self) -> dict[str, str]:
+        """Flat strings, for Redis hashes."""
+        return {k: (v.value if isinstance(v, State) else str(int(v) if isinstance(v, bool) else v))
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Instance":
+        kinds = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for name, kind in kinds.items():
+            raw = record[name]
+            if kind == "State":
+                values[name] = State(raw)
+            elif kind == "int":
+                values[name] = int(raw)
+            elif kind == "float":
+                values[name] = float(raw)
+            elif kind == "bool":
+                values[name] = bool(int(raw))
+            else:
+                values[name] = str(raw)
+        return cls(**values)
+
+    def to_api(self, host: str, now: float | None = None) -> dict:
+        """The seed manager's instance fields, plus the lifecycle state and the last error."""
+        now = time.time() if now is None else now
+        return {
+            "avatar_id": self.instance_id,
+            "real_avatar_name": self.avatar,
+            "port": self.port or None,
+            "gpu": self.gpu,
+            "pid": self.pid or None,
+            "state": self.state.value,
+            "running": self.state == State.RUNNING,
+            "start_time": datetime.fromtimestamp(self.created, timezone.utc).isoformat(),
+            "uptime_seconds": round(now - self.ready_at, 1) if self.ready_at else 0.0,
+            "webrtc_url": f"http://{host}:{self.port}/offer" if self.port else None,
+            "connections": self.connections,
+            "error": self.error or None,
+        }

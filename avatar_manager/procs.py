@@ -1,0 +1,111 @@
+"""Child processes: spawn one detached in its own session, probe its /health, kill its whole tree."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger("avatar_manager.procs")
+ROOT = Path(__file__).resolve().parent.parent
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+def _rotate(path: Path) -> None:
+    """Keep one previous log when a log outgrows LOG_ROTATE_BYTES; a child writes straight to
+    its file, so it is rotated when the next child starts on it."""
+    try:
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start argv (a list, never a shell string) in a new session, so its whole tree is one
+    process group to signal, and so a terminal's Ctrl-C is delivered by us, not by the tty."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    _rotate(log_path)
+    with open(log_path, "ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+        out.flush()
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def get_json(url: str, timeout: float) -> dict | None:
+    """GET url -> its JSON object, or None on any failure."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = json.loads(response.read(64 * 1024))
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def answers_with_token(port: int, token: str, timeout: float = 1.0) -> bool:
+    """Readiness: the worker's own /health names this instance's token (not merely a listener)."""
+    body = get_json(f"http://127.0.0.1:{port}/health", timeout)
+    return body is not None and body.get("instance_token") == token
+
+
+def start_time(pid: int) -> float:
+    """The process's start time (0.0 if it is gone): a pid plus this names one process for good."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def kill_tree(proc: subprocess.Popen | psutil.Process, grace: float) -> None:
+    """SIGTERM to the process group and every descendant, `grace` seconds to exit, SIGKILL to
+    what is left; returns once all of them are gone (a child of ours is reaped)."""
+    pid = proc.pid
+    try:
+        members = [psutil.Process(pid)]
+        members += members[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        members = []
+    # Descendants that left the group (setsid) are signalled one by one.
+    _signal_all(pid, members, signal.SIGTERM)
+    gone, alive = psutil.wait_procs(members, timeout=grace)
+    if alive:
+        log.warning("pid %d: %d process(es) still alive %.1f s after SIGTERM; sending SIGKILL",
+                    pid, len(alive), grace)
+        _signal_all(pid, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+    if isinstance(proc, subprocess.Popen):
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("pid %d did not exit after SIGKILL", pid)
+
+
+def _signal_all(group: int, members: list[psutil.Process], sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for member in members:
+        try:
+            member.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

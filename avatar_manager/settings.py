@@ -1,0 +1,102 @@
+"""The manager's configuration: environment variables read once into one object and checked,
+so a wrong value stops the service at start with a one-line reason."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT
+from tts_services.settings import ConfigError, number
+
+__all__ = ["ConfigError", "Settings"]
+
+
+def _port(env: dict, name: str, default: int) -> int:
+    value = number(env, name, default, 1, int)
+    if value > 65535:
+        raise ConfigError(f"{name}={value} is not a TCP port (1-65535)")
+    return value
+
+
+def _gpu_ids(raw: str) -> list[int] | None:
+    """GPU_IDS="1,0": these GPUs in this order of preference; unset: every GPU NVML reports."""
+    if not raw.strip():
+        return None
+    try:
+        ids = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"GPU_IDS={raw!r} must be GPU indexes separated by commas, e.g. 1,0") from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"GPU_IDS={raw!r} must list distinct indexes, none negative")
+    return ids
+
+
+def _redis_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    if urlparse(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL={raw!r} must start with redis://, rediss:// or unix://")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    host: str
+    port: int
+    base_port: int
+    max_avatars: int
+    log_dir: Path
+    redis_url: str | None
+    gpu_ids: list[int] | None
+    gpu_min_free_mb: int
+    idle_timeout: float          # seconds an instance with no connections stays warm
+    health_check_interval: float
+    startup_timeout: float       # seconds a worker has to answer /health with its token
+    stop_timeout: float          # grace between SIGTERM and SIGKILL
+    api_token: str | None
+    cors_origins: list[str]
+    max_body_bytes: int
+    worker_module: str           # the lip-sync worker program, run as `python -m MODULE`
+
+    @property
+    def ports(self) -> range:
+        return range(self.base_port, self.base_port + self.max_avatars)
+
+    @property
+    def avatars_dir(self) -> Path:
+        return self.data_dir / "avatars"
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        settings = cls(
+            data_dir=Path(env.get("AVATAR_DATA_DIR") or "data").resolve(),
+            host=env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST,
+            port=_port(env, "AVATAR_MANAGER_PORT", MANAGER_PORT),
+            base_port=_port(env, "AVATAR_BASE_PORT", AVATAR_BASE_PORT),
+            max_avatars=number(env, "MAX_AVATARS", 10, 1, int),
+            log_dir=Path(env.get("LOG_DIR") or "logs").resolve(),
+            redis_url=_redis_url(env.get("REDIS_URL", "")),
+            gpu_ids=_gpu_ids(env.get("GPU_IDS", "")),
+            gpu_min_free_mb=number(env, "GPU_MIN_FREE_MB", 6000, 0, int),
+            idle_timeout=number(env, "IDLE_TIMEOUT", 300.0, 0.0),
+            health_check_interval=number(env, "HEALTH_CHECK_INTERVAL", 5.0, 0.1),
+            startup_timeout=number(env, "STARTUP_TIMEOUT", 60.0, 1.0),
+            stop_timeout=number(env, "STOP_TIMEOUT", 10.0, 0.1),
+            api_token=env.get("API_TOKEN") or None,
+            cors_origins=[o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
+            max_body_bytes=number(env, "MAX_JSON_BYTES", 64 * 1024, 256, int),
+            worker_module=env.get("WORKER_MODULE") or "lipsync_worker",
+        )
+        if settings.base_port + settings.max_avatars - 1 > 65535:
+            raise ConfigError(f"AVATAR_BASE_PORT={settings.base_port} + MAX_AVATARS={settings.max_avatars} "
+                              "runs past port 65535")
+        if settings.base_port <= settings.port < settings.base_port + settings.max_avatars:
+            raise ConfigError(f"AVATAR_MANAGER_PORT={settings.port} lies inside the avatar port range "
+                              f"{settings.base_port}-{settings.base_port + settings.max_avatars - 1}")
+        if not all(c.isidentifier() for c in settings.worker_module.split(".")):
+            raise ConfigError(f"WORKER_MODULE={settings.worker_module!r} is not a Python module name")
+        return settings

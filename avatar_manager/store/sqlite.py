@@ -1,0 +1,197 @@
+"""The store in one SQLite file: every step is one BEGIN IMMEDIATE transaction, so any number of
+threads and processes on this host allocate without races."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Iterator
+
+from ..instances import HOLDS_PORT, JOINABLE, Instance, State
+from .base import Busy, CapacityError, Claim, NotFound, Store, StoreError, place_on_gpu
+
+_COLUMNS = [f.name for f in fields(Instance)]
+_TYPES = {"int": "INTEGER", "float": "REAL", "bool": "INTEGER"}
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS instances ("
+    + ", ".join(f"{f.name} {_TYPES.get(f.type, 'TEXT')} NOT NULL" for f in fields(Instance))
+    + ", PRIMARY KEY (avatar))",
+    "CREATE TABLE IF NOT EXISTS lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counts (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+]
+
+
+def _in(states) -> str:
+    return ",".join(f"'{State(s).value}'" for s in states)
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._tx() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per thread and per process: a connection must not cross a fork.
+        db = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        try:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, key: str) -> Instance | None:
+        row = db.execute("SELECT * FROM instances WHERE avatar = ?", (key,)).fetchone()
+        if row is None:
+            row = db.execute("SELECT * FROM instances WHERE instance_id = ? ORDER BY created, avatar LIMIT 1",
+                             (key,)).fetchone()
+        return Instance.from_record(dict(row)) if row else None
+
+    @staticmethod
+    def _update(db: sqlite3.Connection, avatar: str, changes: dict) -> None:
+        if changes:
+            unknown = set(changes) - set(_COLUMNS)
+            if unknown:
+                raise StoreError(f"no such instance field(s): {', '.join(sorted(unknown))}")
+            values = [v.value if isinstance(v, State) else v for v in changes.values()]
+            db.execute(f"UPDATE instances SET {', '.join(f'{k} = ?' for k in changes)} WHERE avatar = ?",
+                       [*values, avatar])
+
+    def ping(self) -> None:
+        with self._tx(write=False) as db:
+            db.execute("SELECT 1").fetchone()
+
+    def join(self, avatar: str, now: float) -> Instance | None:
+        with self._tx() as db:
+            return self._join(db, avatar)
+
+    def _join(self, db: sqlite3.Connection, avatar: str) -> Instance | None:
+        cur = db.execute(f"UPDATE instances SET connections = connections + 1, idle_since = 0 "
+                         f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (avatar,))
+        return self._row(db, avatar) if cur.rowcount else None
+
+    def claim(self, claim: Claim) -> tuple[Instance, bool]:
+        with self._tx() as db:
+            joined = self._join(db, claim.avatar)
+            if joined:
+                return joined, False
+            old = db.execute("SELECT state FROM instances WHERE avatar = ?", (claim.avatar,)).fetchone()
+            if old and State(old["state"]) == State.STOPPING:
+                raise Busy(claim.avatar)
+            held = db.execute(f"SELECT avatar, port, gpu, reserved_mb, state FROM instances "
+                              f"WHERE state IN ({_in(HOLDS_PORT)}) AND avatar != ?", (claim.avatar,)).fetchall()
+            if len(held) >= claim.max_instances:
+                raise CapacityError(f"all MAX_AVATARS={claim.max_instances} instances are in use")
+            taken = {r["port"] for r in held}
+            port = next((p for p in claim.ports if p not in taken), None)
+            if port is None:
+                raise CapacityError("no free port in the avatar port range (AVATAR_BASE_PORT .. + MAX_AVATARS)")
+            reserved: dict[int, int] = {}
+            for r in held:
+                if r["state"] == State.STARTING.value:
+                    reserved[r["gpu"]] = reserved.get(r["gpu"], 0) + r["reserved_mb"]
+            gpu = place_on_gpu(claim, reserved)
+            instance = Instance(avatar=claim.avatar, instance_id=claim.instance_id, state=State.STARTING,
+                                port=port, gpu=gpu, reserved_mb=claim.min_free_mb if gpu >= 0 else 0,
+                                token=claim.token, connections=1, created=claim.now)
+            record = instance.to_record()
+            db.execute(f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(_COLUMNS))})", [record[c] for c in _COLUMNS])
+            return instance, True
+
+    def get(self, key: str) -> Instance | None:
+        with self._tx(write=False) as db:
+            return self._row(db, key)
+
+    def list(self) -> list[Instance]:
+        with self._tx(write=False) as db:
+            rows = db.execute("SELECT * FROM instances ORDER BY created, avatar").fetchall()
+        return [Instance.from_record(dict(r)) for r in rows]
+
+    def disconnect(self, key: str, now: float) -> Instance:
+        with self._tx() as db:
+            instance = self._row(db, key)
+            if instance is None:
+                raise NotFound(key)
+            connections = max(0, instance.connections - 1)
+            idle_since = now if connections == 0 and instance.connections > 0 else instance.idle_since
+            self._update(db, instance.avatar, {"connections": connections, "idle_since": idle_since})
+            return self._row(db, instance.avatar)
+
+    def transition(self, avatar, allowed, to, **changes) -> Instance | None:
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE instances SET state = ? WHERE avatar = ? AND state IN ({_in(allowed)})",
+                             (State(to).value, avatar))
+            if not cur.rowcount:
+                return None
+            self._update(db, avatar, changes)
+            return self._row(db, avatar)
+
+    def stop_if_idle(self, avatar: str, idle_before: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute("UPDATE instances SET state = ? WHERE avatar = ? AND state = ? AND connections = 0 "
+                             "AND idle_since > 0 AND idle_since <= ?",
+                             (State.STOPPING.value, avatar, State.RUNNING.value, idle_before))
+            return bool(cur.rowcount)
+
+    def remove(self, avatar: str, state: State) -> bool:
+        with self._tx() as db:
+            return bool(db.execute("DELETE FROM instances WHERE avatar = ? AND state = ?",
+                                   (avatar, State(state).value)).rowcount)
+
+    def take_lease(self, holder: str, ttl: float, now: float) -> bool:
+        with self._tx() as db:
+            db.execute("INSERT INTO lease (name, holder, expires) VALUES ('supervisor', ?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires "
+                       "WHERE lease.holder = excluded.holder OR lease.expires < ?", (holder, now + ttl, now))
+            row = db.execute("SELECT holder FROM lease WHERE name = 'supervisor'").fetchone()
+            return row["holder"] == holder
+
+    def drop_lease(self, holder: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM lease WHERE name = 'supervisor' AND holder = ?", (holder,))
+
+    def lease_holder(self, now: float) -> str | None:
+        with self._tx(write=False) as db:
+            row = db.execute("SELECT holder FROM lease WHERE name = 'supervisor' AND expires >= ?",
+                             (now,)).fetchone()
+        return row["holder"] if row else None
+
+    def add_counts(self, counts: dict[str, float]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT INTO counts (name, value) VALUES (?, ?) "
+                           "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", counts.items())
+
+    def counts(self) -> dict[str, float]:
+        with self._tx(write=False) as db:
+            return {r["name"]: r["value"] for r in db.execute("SELECT name, value FROM counts")}
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -1,0 +1,363 @@
+"""The one long-lived owner of every child process on this host.
+
+Like gunicorn's arbiter: signal handlers only enqueue; one loop takes the leader lease, reads the
+store and hands each instance's next step (spawn and wait for readiness, kill a tree) to a thread
+of its own, so a slow start never holds anything else up. Request handlers only write wishes into
+the store (a STARTING record, a STOPPING state); this loop carries them out.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+
+from . import ports, procs
+from .instances import Instance, State
+from .logs import pump
+from .metrics import start_observation
+from .settings import Settings
+from .store.base import Store, StoreError
+from .tts import TtsServers
+from .workers import avatar_spec, command, log_path
+
+log = logging.getLogger("avatar_manager.supervisor")
+
+TICK = 0.1              # seconds between looks at the store
+LEASE_TTL = 5.0         # a supervisor silent this long is presumed dead and replaced
+MAX_FAILURES = 5        # crashes in a row before an instance is FAILED
+BACKOFF_MAX = 30.0
+PR_SET_CHILD_SUBREAPER = 36
+
+Child = subprocess.Popen | psutil.Process
+
+
+def _alive(child: Child) -> bool:
+    if isinstance(child, subprocess.Popen):
+        return child.poll() is None
+    try:
+        return child.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _exit_code(child: Child) -> str:
+    return str(child.returncode) if isinstance(child, subprocess.Popen) else "unknown (adopted process)"
+
+
+def backoff_delay(failures: int) -> float:
+    return min(BACKOFF_MAX, 0.5 * 2 ** max(0, failures - 1))
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, store: Store, api_argv: list[str] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.api_argv = api_argv
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.tts = TtsServers(settings.log_dir, settings.startup_timeout, settings.stop_timeout)
+        self.children: dict[str, Child] = {}
+        self.busy: set[str] = set()            # avatars with a step in flight
+        self.lock = threading.Lock()           # guards children and busy
+        self.steps = ThreadPoolExecutor(max_workers=max(4, settings.max_avatars), thread_name_prefix="step")
+        self.leader = False
+        self.api: subprocess.Popen | None = None
+        self.api_started = 0.0
+        self.signals: list[int] = []
+        self.wakeup = threading.Event()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._enqueue_signal)
+        self._become_subreaper()
+        log.info("supervisor %s starting", self.holder)
+        try:
+            while not self.signals:
+                try:
+                    self.tick()
+                except StoreError as exc:
+                    log.error("store unavailable: %s", exc)
+                    self.leader = False
+                self.wakeup.wait(TICK)
+                self.wakeup.clear()
+        finally:
+            log.info("supervisor stopping (signal %s)", self.signals[:1])
+            self.shutdown()
+
+    def _enqueue_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+        self.wakeup.set()
+
+    @staticmethod
+    def _become_subreaper() -> None:
+        """Orphaned grandchildren of a worker get re-parented to us, so we can reap them."""
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            log.warning("cannot become a child subreaper; orphans go to init")
+
+    def tick(self) -> None:
+        now = time.time()
+        self._keep_api_running()
+        leader = self.store.take_lease(self.holder, LEASE_TTL, now)
+        if leader and not self.leader:
+            log.info("supervisor %s leads; adopting live workers", self.holder)
+            self.adopt()
+        self.leader = leader
+        if not leader:
+            return
+        self._notice_exits()
+        for instance in self.store.list():
+            self._step(instance, now)
+        self.tts.reap()
+        self._reap_strays()
+
+    def _step(self, instance: Instance, now: float) -> None:
+        avatar = instance.avatar
+        with self.lock:
+            if avatar in self.busy:
+                return
+            owned = avatar in self.children
+        state = instance.state
+        if state == State.STARTING and not owned:
+            self._submit(avatar, self.start, instance)
+        elif state == State.STOPPING:
+            self._submit(avatar, self.stop, instance)
+        elif state == State.BACKOFF and now >= instance.retry_at:
+            self.store.transition(avatar, {State.BACKOFF}, State.STARTING, pid=0, pid_started=0.0)
+        elif state == State.RUNNING and not owned:
+            self._crashed(instance, "its process is gone")
+        elif (state == State.RUNNING and instance.connections == 0 and instance.idle_since
+              and now - instance.idle_since >= self.settings.idle_timeout):
+            if self.store.stop_if_idle(avatar, now - self.settings.idle_timeout):
+                log.info("%s: idle for %.0f s; stopping", avatar, now - instance.idle_since)
+                self.wakeup.set()
+
+    def _submit(self, avatar: str, step, instance: Instance) -> None:
+        with self.lock:
+            self.busy.add(avatar)
+
+        def run() -> None:
+            try:
+                step(instance)
+            except Exception:
+                log.exception("%s: %s failed", avatar, step.__name__)
+            finally:
+                with self.lock:
+                    self.busy.discard(avatar)
+                self.wakeup.set()
+        self.steps.submit(run)
+
+    def _notice_exits(self) -> None:
+        with self.lock:
+            exited = [(a, c) for a, c in self.children.items() if a not in self.busy and not _alive(c)]
+            for avatar, _ in exited:
+                del self.children[avatar]
+        for avatar, child in exited:
+            instance = self.store.get(avatar)
+            if instance and instance.state == State.RUNNING and instance.pid == child.pid:
+                self._crashed(instance, f"the worker exited with code {_exit_code(child)}")
+
+    def _crashed(self, instance: Instance, why: str) -> None:
+        tail = procs.log_tail(log_path(self.settings, instance))
+        failures = instance.failures + 1
+        self.store.add_counts({"crashes_total": 1})
+        if self.store.transition(instance.avatar, {State.RUNNING}, State.EXITED, pid=0, error=f"{why}\n{tail}"):
+            log.warning("%s: %s (crash %d in a row)", instance.avatar, why, failures)
+            self._retry_or_fail(instance, failures, State.EXITED)
+
+    def _retry_or_fail(self, instance: Instance, failures: int, current: State) -> None:
+        if failures >= MAX_FAILURES:
+            log.error("%s: %d failures in a row; FAILED until /avatar/restart", instance.avatar, failures)
+            self.store.transition(instance.avatar, {current}, State.FAILED, port=0, pid=0, reserved_mb=0,
+                                  failures=failures)
+        else:
+            delay = backoff_delay(failures)
+            self.store.transition(instance.avatar, {current}, State.BACKOFF, failures=failures,
+                                  retry_at=time.time() + delay)
+
+    def _reap_strays(self) -> None:
+        """Reap zombies re-parented to us (grandchildren of killed workers)."""
+        mine = {c.pid for c in self.children.values()} | {p.pid for p in self.tts._procs.values()}
+        if self.api is not None:
+            mine.add(self.api.pid)
+        for child in psutil.Process().children():
+            try:
+                if child.pid not in mine and child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+            except (psutil.Error, ChildProcessError):
+                pass
+
+    # --- steps, each in a thread of its own ----------------------------------------------------
+
+    def start(self, instance: Instance) -> None:
+        """Spawn the worker and wait until its /health answers with the instance's token."""
+        avatar, started = instance.avatar, time.monotonic()
+        try:
+            spec = avatar_spec(self.settings, avatar)
+        except ValueError as exc:
+            return self._start_failed(instance, None, str(exc))
+        problem = self.tts.ensure(spec.tts)
+        if problem:
+            log.warning("%s: %s; the worker falls back to the offline voice", avatar, problem)
+        if not ports.is_free(instance.port):
+            return self._start_failed(instance, None, f"port {instance.port} is in use by another process")
+        argv, env = command(self.settings, spec, instance)
+        path = log_path(self.settings, instance)
+        proc = procs.spawn(argv, env, path)
+        with self.lock:
+            self.children[avatar] = proc
+        if not self.store.transition(avatar, {State.STARTING}, State.STARTING, pid=proc.pid,
+                                     pid_started=procs.start_time(proc.pid)):
+            return  # stopped meanwhile; the stop step kills it
+        log.info("%s: spawned pid %d on port %d (GPU %d)", avatar, proc.pid, instance.port, instance.gpu)
+        deadline = started + self.settings.startup_timeout
+        while True:
+            if proc.poll() is not None:
+                return self._start_failed(instance, proc, f"the worker exited with code {proc.returncode} "
+                                                         f"while starting; its log ({path}) ends:\n"
+                                                         f"{procs.log_tail(path)}")
+            if procs.answers_with_token(instance.port, instance.token, timeout=0.5):
+                break
+            if time.monotonic() >= deadline:
+                return self._start_failed(instance, proc, f"the worker did not answer /health within "
+                                                         f"STARTUP_TIMEOUT={self.settings.startup_timeout:g} s; "
+                                                         f"its log ({path}) ends:\n{procs.log_tail(path)}")
+            current = self.store.get(avatar)
+            if current is None or current.state != State.STARTING or self.signals:
+                return  # a stop came in (or we are shutting down); the stop step takes over
+            time.sleep(0.05)
+        now = time.time()
+        ready = self.store.transition(avatar, {State.STARTING}, State.RUNNING, ready_at=now, reserved_mb=0,
+                                      error="")
+        if ready and ready.connections == 0 and not ready.idle_since:
+            self.store.transition(avatar, {State.RUNNING}, State.RUNNING, idle_since=now)
+        self.store.add_counts(start_observation(time.monotonic() - started))
+        log.info("%s: ready in %.2f s", avatar, time.monotonic() - started)
+
+    def _start_failed(self, instance: Instance, proc: subprocess.Popen | None, why: str) -> None:
+        if proc is not None:
+            procs.kill_tree(proc, self.settings.stop_timeout)
+            with self.lock:
+                if self.children.get(instance.avatar) is proc:
+                    del self.children[instance.avatar]
+            ports.wait_free(instance.port, self.settings.stop_timeout)
+        self.store.add_counts({"start_failures_total": 1})
+        log.error("%s: start failed: %s", instance.avatar, why)
+        current = self.store.get(instance.avatar)
+        if current is None or current.state != State.STARTING:
+            return
+        if current.ready_at:  # it ran before: a crash loop, retried with backoff
+            self.store.transition(instance.avatar, {State.STARTING}, State.STARTING, error=why)
+            self._retry_or_fail(current, current.failures + 1, State.STARTING)
+        else:  # a cold start that never worked: tell the callers, free the port
+            self.store.transition(instance.avatar, {State.STARTING}, State.FAILED, port=0, pid=0,
+                                  reserved_mb=0, error=why)
+
+    def stop(self, instance: Instance) -> None:
+        """Kill the worker's whole tree, wait for its port to be free, then drop the record (or
+        start it again, for a restart)."""
+        avatar = instance.avatar
+        with self.lock:
+            child = self.children.pop(avatar, None)
+        if child is None and instance.pid:
+            child = self._find(instance)
+        if child is not None:
+            procs.kill_tree(child, self.settings.stop_timeout)
+        if instance.port and not ports.wait_free(instance.port, self.settings.stop_timeout):
+            log.warning("%s: port %d still busy after the worker exited", avatar, instance.port)
+        current = self.store.get(avatar)
+        if current is not None and current.restart:
+            self.store.transition(avatar, {State.STOPPING}, State.STARTING, restart=False, pid=0,
+                                  pid_started=0.0, error="", failures=0)
+            log.info("%s: restarting", avatar)
+        elif self.store.transition(avatar, {State.STOPPING}, State.STOPPED, pid=0):
+            self.store.remove(avatar, State.STOPPED)
+            log.info("%s: stopped", avatar)
+
+    @staticmethod
+    def _find(instance: Instance) -> psutil.Process | None:
+        """The instance's process, if the pid still names the same process (not a reused pid)."""
+        try:
+            proc = psutil.Process(instance.pid)
+            if abs(proc.create_time() - instance.pid_started) < 0.01:
+                return proc
+        except psutil.Error:
+            pass
+        return None
+
+    # --- leadership ----------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """Take over the workers a previous supervisor left running; forget the dead ones."""
+        for instance in self.store.list():
+            if instance.state not in (State.RUNNING, State.STARTING) or not instance.pid:
+                continue
+            proc = self._find(instance)
+            if proc is not None and procs.answers_with_token(instance.port, instance.token):
+                with self.lock:
+                    self.children[instance.avatar] = proc
+                if instance.state == State.STARTING:
+                    self.store.transition(instance.avatar, {State.STARTING}, State.RUNNING,
+                                          ready_at=time.time(), reserved_mb=0)
+                log.info("%s: adopted pid %d on port %d", instance.avatar, proc.pid, instance.port)
+            elif instance.state == State.STARTING:
+                if proc is not None:
+                    procs.kill_tree(proc, self.settings.stop_timeout)
+                self.store.transition(instance.avatar, {State.STARTING}, State.STARTING, pid=0, pid_started=0.0)
+            # A RUNNING record whose process is gone is handled as a crash by the next tick.
+
+    # --- the API server --------------------------------------------------------------------------
+
+    def _keep_api_running(self) -> None:
+        if self.api_argv is None or (self.api is not None and self.api.poll() is None):
+            return
+        if self.api is not None:
+            if time.monotonic() - self.api_started < 5:
+                # It cannot even start (a port in use, a bad config): stop rather than spin.
+                raise SystemExit(f"the API server exited with code {self.api.returncode} at start; "
+                                 "see the lines above")
+            log.error("the API server exited with code %s; starting it again", self.api.returncode)
+        self.api = subprocess.Popen(self.api_argv, cwd=procs.ROOT, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        pump(self.api.stdout, "api")
+        self.api_started = time.monotonic()
+
+    # --- shutdown --------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop every worker and TTS server this supervisor owns, then the API, then let go of the lease."""
+        self.steps.shutdown(wait=True, cancel_futures=True)
+        with self.lock:
+            owned = list(self.children.items())
+            self.children.clear()
+        threads = [threading.Thread(target=procs.kill_tree, args=(child, self.settings.stop_timeout))
+                   for _, child in owned]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for avatar, _ in owned:
+            try:
+                self.store.transition(avatar, set(State), State.STOPPED, pid=0)
+                self.store.remove(avatar, State.STOPPED)
+            except StoreError as exc:
+                log.error("cannot clear %s from the store: %s", avatar, exc)
+        self.tts.stop_all()
+        if self.api is not None:
+            procs.kill_tree(self.api, self.settings.stop_timeout)
+        try:
+            self.store.drop_lease(self.holder)
+        except StoreError:
+            pass
+        log.info("supervisor stopped; %d worker(s) stopped", len(owned))

@@ -1,0 +1,103 @@
+"""TTS servers, one per voice model, started the first time an avatar needs one."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ports_config import TTS_PORTS
+from tts_services.models import MODELS, canonical_model
+
+from . import procs
+
+log = logging.getLogger("avatar_manager.tts")
+
+
+@dataclass(frozen=True)
+class TtsModel:
+    name: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return self.url + "/health"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "tts_services", "--model", self.name, "--port", str(self.port)]
+
+
+# Normalised model name -> how to run it. Ports from ports_config.py.
+TABLE = {name: TtsModel(name, TTS_PORTS[name]) for name in MODELS}
+
+
+def model_for(tts_model: str) -> TtsModel:
+    """'edgeTTS', 'GPT-SoVITS', 'TacoTron2', ... -> the table entry; ValueError when unknown."""
+    return TABLE[canonical_model(tts_model)]
+
+
+def serving(model: TtsModel, timeout: float = 1.0) -> bool:
+    body = procs.get_json(model.health_url, timeout)
+    return body is not None and body.get("status") == "ok" and body.get("model") == model.name
+
+
+class TtsServers:
+    """The TTS servers this supervisor started. A server already answering on the model's port
+    (started by an operator, or by an earlier manager) is used as it is."""
+
+    def __init__(self, log_dir: Path, startup_timeout: float, stop_timeout: float) -> None:
+        self.log_dir = log_dir
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._locks = {name: threading.Lock() for name in TABLE}
+
+    def ensure(self, model: TtsModel) -> str | None:
+        """Make sure the model's server answers; None when it does, else why it does not."""
+        with self._locks[model.name]:
+            if serving(model):
+                return None
+            proc = self._procs.get(model.name)
+            if proc is not None and proc.poll() is None:
+                procs.kill_tree(proc, self.stop_timeout)  # ours, but not answering
+            log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
+            log.info("starting the %s TTS server on port %d", model.name, model.port)
+            env = {k: v for k, v in os.environ.items() if k != "API_TOKEN"}
+            proc = procs.spawn(model.argv(), env, log_path)
+            self._procs[model.name] = proc
+            deadline = time.monotonic() + self.startup_timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    return (f"the {model.name} TTS server exited with code {proc.returncode}: "
+                            f"{procs.log_tail(log_path, 5)}")
+                if serving(model, timeout=0.5):
+                    return None
+                time.sleep(0.05)
+            procs.kill_tree(proc, self.stop_timeout)
+            return f"the {model.name} TTS server did not answer within {self.startup_timeout:g} s"
+
+    def reap(self) -> None:
+        """Collect the exit status of servers that died, so none stays a zombie."""
+        for name, proc in list(self._procs.items()):
+            if not self._locks[name].acquire(blocking=False):
+                continue  # being started or checked right now
+            try:
+                if proc.poll() is not None and self._procs.get(name) is proc:
+                    log.warning("the %s TTS server exited with code %s", name, proc.returncode)
+                    del self._procs[name]
+            finally:
+                self._locks[name].release()
+
+    def stop_all(self) -> None:
+        for name, proc in list(self._procs.items()):
+            log.info("stopping the %s TTS server", name)
+            procs.kill_tree(proc, self.stop_timeout)
+            del self._procs[name]

@@ -1,0 +1,63 @@
+"""What runs for an avatar: its config.json turned into a worker command line and environment."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lipsync_worker.avatar_config import read_config
+
+from .instances import Instance
+from .settings import Settings
+from .tts import TtsModel, model_for
+
+# Engines that need a GPU; the others run anywhere.
+GPU_ENGINES = frozenset({"musetalk"})
+# The worker's environment leaves out the manager's own secrets.
+_PRIVATE_ENV = ("API_TOKEN", "REDIS_URL")
+
+
+@dataclass(frozen=True)
+class AvatarSpec:
+    name: str
+    engine: str
+    tts: TtsModel
+    timbre: str
+    transport: str
+    max_session: int
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.engine in GPU_ENGINES
+
+
+def avatar_spec(settings: Settings, name: str) -> AvatarSpec:
+    """The avatar's settings; NoSuchAvatar / AvatarError (both ValueError) when it cannot be run."""
+    config = read_config(settings.data_dir, name)
+    try:
+        max_session = int(config["max_session"])
+        if max_session < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"avatar {name!r}: max_session={config['max_session']!r} must be a positive integer") \
+            from None
+    return AvatarSpec(name=name, engine=str(config["avatar_model"]).lower(), tts=model_for(str(config["tts_model"])),
+                      timbre=str(config["timbre"]), transport=str(config["transport"]), max_session=max_session)
+
+
+def log_path(settings: Settings, instance: Instance) -> Path:
+    return settings.log_dir / f"avatar_{instance.instance_id}_{instance.port}.log"
+
+
+def command(settings: Settings, spec: AvatarSpec, instance: Instance) -> tuple[list[str], dict[str, str]]:
+    """The argument list (never a shell string) and environment of the avatar's worker."""
+    argv = [sys.executable, "-m", settings.worker_module,
+            "--transport", spec.transport, "--model", spec.engine, "--avatar_id", spec.name,
+            "--max_session", str(spec.max_session), "--listenport", str(instance.port),
+            "--tts", spec.tts.name, "--TTS_SERVER", spec.tts.url, "--REF_FILE", spec.timbre]
+    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    env.update(INSTANCE_TOKEN=instance.token, AVATAR_DATA_DIR=str(settings.data_dir),
+               CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "",
+               PYTHONUNBUFFERED="1")
+    return argv, env

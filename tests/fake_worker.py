@@ -1,0 +1,81 @@
+"""A stand-in lip-sync worker for fault injection: the manager runs it with WORKER_MODULE=tests.fake_worker.
+
+It takes the worker's flags and serves /health with the instance token, like the real one, and
+misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
+  crash            exit with code 3 before listening
+  crash_after:S    serve, then exit with code 4 after S seconds
+  hang             never listen
+  wrong_token      answer /health with another token
+  ignore_term      ignore SIGTERM
+  fork:N           start N grandchildren that sleep
+  slow:S           wait S seconds before listening
+/health also reports its argv and CUDA_VISIBLE_DEVICES, so tests can check how it was started.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--avatar_id", required=True)
+    parser.add_argument("--listenport", type=int, required=True)
+    args, _ = parser.parse_known_args()
+    config = json.loads((Path(os.environ["AVATAR_DATA_DIR"]) / "avatars" / args.avatar_id / "config.json").read_text())
+    faults = config.get("fault") or []
+    faults = [faults] if isinstance(faults, str) else faults
+    token = os.environ["INSTANCE_TOKEN"]
+    children = []
+    for fault in faults:
+        name, _, value = fault.partition(":")
+        if name == "crash":
+            print("fake worker: crashing at start as asked", file=sys.stderr, flush=True)
+            sys.exit(3)
+        if name == "hang":
+            print("fake worker: hanging as asked", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(60)
+        if name == "wrong_token":
+            token = "not-" + token
+        if name == "ignore_term":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if name == "fork":
+            children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+                        for _ in range(int(value))]
+        if name == "slow":
+            time.sleep(float(value))
+        if name == "crash_after":
+            threading.Timer(float(value), lambda: os._exit(4)).start()
+
+    health = json.dumps({"status": "ok", "instance_token": token, "pid": os.getpid(), "avatar": args.avatar_id,
+                         "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         "children": [c.pid for c in children], "sessions": 0}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = health if self.path == "/health" else b"{}"
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", args.listenport), Handler)
+    print(f"fake worker: {args.avatar_id} on port {args.listenport}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
