@@ -3,6 +3,7 @@
 #   ./start.sh           install what is missing, then serve on the embedded defaults
 #   ./start.sh test      install what is missing, then run the whole test suite
 #   ./start.sh install   only install (virtualenv, Python packages, Debian packages)
+#   ./start.sh doctor    check this host and explain what to fix
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,8 +24,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# What the tests need from Debian: a real browser and its driver for the web page tests.
-TEST_DEBIAN_PACKAGES=(chromium chromium-driver)
+# What the tests need from Debian: a real browser and its driver for the web page tests, and a
+# real Redis for the store tests.
+TEST_DEBIAN_PACKAGES=(chromium chromium-driver redis-server)
 
 install() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -54,12 +56,16 @@ case "${1:-serve}" in
     exec "$VENV/bin/python" -m pytest "$@" ;;
   serve)
     install
-    # Until the avatar manager lands, the service is one lip-sync worker serving a demo avatar
-    # made from the bundled portrait, speaking with the offline voice.
-    if [ ! -d "${AVATAR_DATA_DIR:-data}/avatars/demo" ]; then
+    # A fresh data directory gets a demo avatar made from the bundled public-domain portrait.
+    avatars="${AVATAR_DATA_DIR:-data}/avatars"
+    if [ -z "$(ls -A "$avatars" 2>/dev/null)" ]; then
       "$VENV/bin/python" -m lipsync_worker prepare assets/astronaut.png --avatar_id demo
     fi
-    exec "$VENV/bin/python" -m lipsync_worker --avatar_id demo ;;
+    # The supervisor and the API (gunicorn) on 127.0.0.1:8607; SIGTERM or Ctrl-C stops everything.
+    exec "$VENV/bin/python" -m avatar_manager ;;
+  doctor)
+    install
+    exec "$VENV/bin/python" -m avatar_manager doctor ;;
   *)
-    echo "usage: $0 [serve|test|install]" >&2; exit 2 ;;
+    echo "usage: $0 [serve|test|install|doctor]" >&2; exit 2 ;;
 esac

@@ -34,6 +34,8 @@ log = logging.getLogger("avatar_manager.supervisor")
 TICK = 0.1              # seconds between looks at the store
 LEASE_TTL = 5.0         # a supervisor silent this long is presumed dead and replaced
 MAX_FAILURES = 5        # crashes in a row before an instance is FAILED
+STAYED_UP = 60.0        # a worker up this long before a crash starts a fresh failure count
+HEALTH_MISSES = 3       # /health checks in a row a worker may miss before it is killed and restarted
 BACKOFF_MAX = 30.0
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -66,6 +68,8 @@ class Supervisor:
         self.tts = TtsServers(settings.log_dir, settings.startup_timeout, settings.stop_timeout)
         self.children: dict[str, Child] = {}
         self.busy: set[str] = set()            # avatars with a step in flight
+        self.next_probe: dict[str, float] = {}  # avatar -> when to check its /health again
+        self.misses: dict[str, int] = {}
         self.lock = threading.Lock()           # guards children and busy
         self.steps = ThreadPoolExecutor(max_workers=max(4, settings.max_avatars), thread_name_prefix="step")
         self.leader = False
@@ -109,6 +113,7 @@ class Supervisor:
     def tick(self) -> None:
         now = time.time()
         self._keep_api_running()
+        self._free_dead_lease(now)
         leader = self.store.take_lease(self.holder, LEASE_TTL, now)
         if leader and not self.leader:
             log.info("supervisor %s leads; adopting live workers", self.holder)
@@ -142,6 +147,9 @@ class Supervisor:
             if self.store.stop_if_idle(avatar, now - self.settings.idle_timeout):
                 log.info("%s: idle for %.0f s; stopping", avatar, now - instance.idle_since)
                 self.wakeup.set()
+        elif state == State.RUNNING and now >= self.next_probe.get(avatar, 0.0):
+            self.next_probe[avatar] = now + self.settings.health_check_interval
+            self._submit(avatar, self.probe, instance)
 
     def _submit(self, avatar: str, step, instance: Instance) -> None:
         with self.lock:
@@ -158,6 +166,17 @@ class Supervisor:
                 self.wakeup.set()
         self.steps.submit(run)
 
+    def _free_dead_lease(self, now: float) -> None:
+        """A leader on this host whose process is gone (SIGKILLed) need not be waited out."""
+        holder = self.store.lease_holder(now)
+        if holder is None or holder == self.holder:
+            return
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            log.info("the previous supervisor (%s) is gone; taking over now", holder)
+            self.store.drop_lease(holder)
+
     def _notice_exits(self) -> None:
         with self.lock:
             exited = [(a, c) for a, c in self.children.items() if a not in self.busy and not _alive(c)]
@@ -170,7 +189,8 @@ class Supervisor:
 
     def _crashed(self, instance: Instance, why: str) -> None:
         tail = procs.log_tail(log_path(self.settings, instance))
-        failures = instance.failures + 1
+        stayed_up = instance.ready_at and time.time() - instance.ready_at >= STAYED_UP
+        failures = 1 if stayed_up else instance.failures + 1
         self.store.add_counts({"crashes_total": 1})
         if self.store.transition(instance.avatar, {State.RUNNING}, State.EXITED, pid=0, error=f"{why}\n{tail}"):
             log.warning("%s: %s (crash %d in a row)", instance.avatar, why, failures)
@@ -264,6 +284,24 @@ class Supervisor:
             self.store.transition(instance.avatar, {State.STARTING}, State.FAILED, port=0, pid=0,
                                   reserved_mb=0, error=why)
 
+    def probe(self, instance: Instance) -> None:
+        """A worker that misses HEALTH_MISSES health checks in a row is hung: kill it, restart it."""
+        timeout = min(2.0, self.settings.health_check_interval)
+        if procs.answers_with_token(instance.port, instance.token, timeout=timeout):
+            self.misses.pop(instance.avatar, None)
+            return
+        misses = self.misses[instance.avatar] = self.misses.get(instance.avatar, 0) + 1
+        log.warning("%s: missed health check %d of %d", instance.avatar, misses, HEALTH_MISSES)
+        if misses < HEALTH_MISSES:
+            return
+        del self.misses[instance.avatar]
+        with self.lock:
+            child = self.children.pop(instance.avatar, None)
+        if child is not None:
+            procs.kill_tree(child, self.settings.stop_timeout)
+        ports.wait_free(instance.port, self.settings.stop_timeout)
+        self._crashed(instance, f"the worker stopped answering /health ({HEALTH_MISSES} checks missed)")
+
     def stop(self, instance: Instance) -> None:
         """Kill the worker's whole tree, wait for its port to be free, then drop the record (or
         start it again, for a restart)."""
@@ -347,12 +385,13 @@ class Supervisor:
             t.start()
         for t in threads:
             t.join()
-        for avatar, _ in owned:
+        if self.leader:  # the leader owned every instance: none runs any more
             try:
-                self.store.transition(avatar, set(State), State.STOPPED, pid=0)
-                self.store.remove(avatar, State.STOPPED)
+                for instance in self.store.list():
+                    self.store.transition(instance.avatar, set(State), State.STOPPED, pid=0)
+                    self.store.remove(instance.avatar, State.STOPPED)
             except StoreError as exc:
-                log.error("cannot clear %s from the store: %s", avatar, exc)
+                log.error("cannot clear the instances from the store: %s", exc)
         self.tts.stop_all()
         if self.api is not None:
             procs.kill_tree(self.api, self.settings.stop_timeout)

@@ -4,6 +4,7 @@ It takes the worker's flags and serves /health with the instance token, like the
 misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
   crash            exit with code 3 before listening
   crash_after:S    serve, then exit with code 4 after S seconds
+  freeze_after:S   serve, then stop answering (but keep the port) after S seconds
   hang             never listen
   wrong_token      answer /health with another token
   ignore_term      ignore SIGTERM
@@ -35,6 +36,7 @@ def main() -> None:
     faults = [faults] if isinstance(faults, str) else faults
     token = os.environ["INSTANCE_TOKEN"]
     children = []
+    frozen = threading.Event()
     for fault in faults:
         name, _, value = fault.partition(":")
         if name == "crash":
@@ -55,6 +57,8 @@ def main() -> None:
             time.sleep(float(value))
         if name == "crash_after":
             threading.Timer(float(value), lambda: os._exit(4)).start()
+        if name == "freeze_after":
+            threading.Timer(float(value), frozen.set).start()
 
     health = json.dumps({"status": "ok", "instance_token": token, "pid": os.getpid(), "avatar": args.avatar_id,
                          "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -62,6 +66,8 @@ def main() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if frozen.is_set():
+                time.sleep(3600)
             body = health if self.path == "/health" else b"{}"
             self.send_response(200 if self.path == "/health" else 404)
             self.send_header("Content-Type", "application/json")

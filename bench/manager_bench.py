@@ -1,0 +1,528 @@
+"""Avatar manager: warm pooled starts under concurrency, during a cold start, and cold starts.
+
+    .venv/bin/python bench/manager_bench.py [--clients 1 8 32] [--seconds 5] [--cold-runs 5]
+                                            [--slow-starts 3] [--web-concurrency N] [--threads N]
+
+Real managers (`python -m avatar_manager`: supervisor + gunicorn), each with its own temporary
+AVATAR_DATA_DIR and LOG_DIR and free ports, defaults otherwise; measured over HTTP on loopback.
+WORKER_MODULE is one setting per manager, so there are two phases:
+1. the real `lipsync_worker` with the bundled portrait prepared as avatar `demo`:
+   - cold start to ready: POST /avatar/start for the stopped avatar, on a new connection, until
+     its 200 (the handler returns once the worker answers /health), --cold-runs times, with
+     POST /avatar/stop between runs; spawn to ready is the supervisor's own measurement, the
+     growth of /metrics avatar_start_seconds_sum over the run;
+   - warm pooled start: POST /avatar/start for `demo` while it is RUNNING, from 1, 8 and 32
+     client threads, each on one persistent (keep-alive) HTTP/1.1 connection, back to back, for
+     --seconds after a warm-up. Each call adds a connection to the instance, as a user joining.
+2. `tests.fake_worker` (the fault-injection worker): avatar `warm` RUNNING, and avatar `slow`
+   whose config.json has "fault": "slow:5", a worker that sleeps 5 s before it listens. The warm
+   load at 32 clients, alone, then while `slow` cold-starts (--slow-starts times): only requests
+   issued while /avatar/info/slow reported STARTING count (between the first poll that saw
+   STARTING and the last one that did, polled every 50 ms).
+The clients are threads of this process speaking HTTP/1.1 over raw sockets (a request is a few
+tens of microseconds of Python), so on a small host they share its cores with the manager.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120.0          # one request, cold starts included
+WARMUP = 0.5             # seconds of load discarded before a warm measurement
+POLL = 0.05
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+class Closed(Exception):
+    """The server closed the connection before answering."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, with as little client work as possible per request."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.reconnects = -1          # the first connect is not a reconnect
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.reconnects += 1
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        data = head.encode() + b"\r\n" + payload
+        for attempt in range(2):
+            if self.sock is None:
+                self._connect()
+            try:
+                self.sock.sendall(data)
+                return self._response()
+            except (Closed, ConnectionResetError, BrokenPipeError):
+                # A keep-alive connection the server closed while idle: once more on a new one.
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _recv(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise Closed()
+        self.buf += chunk
+
+    def _response(self) -> tuple[int, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._recv()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip().lower()
+        if headers.get(b"transfer-encoding") == b"chunked":
+            raise RuntimeError("chunked responses are not expected from the manager")
+        length = int(headers.get(b"content-length", b"0"))
+        while len(self.buf) < length:
+            self._recv()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        if headers.get(b"connection") == b"close":
+            self.close()
+        return status, body
+
+
+def call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict | bytes]:
+    """One request on a connection of its own; JSON bodies decoded."""
+    connection = Connection(port)
+    try:
+        status, raw = connection.request(method, path, body)
+    finally:
+        connection.close()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(width: int) -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - width)
+        if all(_free(p) for p in range(base, base + width)):
+            return base
+    raise RuntimeError(f"no block of {width} free ports")
+
+
+class Manager:
+    """`python -m avatar_manager` in a session of its own; stop() SIGTERMs it (it stops its
+    workers and TTS servers), waits, and kills whatever of its tree is left."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.data_dir, self.log_dir = tmp / "data", tmp / "logs"
+        (self.data_dir / "avatars").mkdir(parents=True)
+        self.port = free_port_block(1)
+        max_avatars = int(env.get("MAX_AVATARS", 10))   # the default
+        base = free_port_block(max_avatars)
+        while self.port in range(base, base + max_avatars):
+            self.port = free_port_block(1)
+        self.env = {**os.environ, "AVATAR_DATA_DIR": str(self.data_dir), "LOG_DIR": str(self.log_dir),
+                    "AVATAR_MANAGER_PORT": str(self.port), "AVATAR_BASE_PORT": str(base), **env}
+        self.output = tmp / "manager.out"
+        self.proc: subprocess.Popen | None = None
+        self._seen: dict[int, psutil.Process] = {}
+
+    def start(self, timeout: float = 60.0) -> "Manager":
+        with open(self.output, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "avatar_manager"], cwd=ROOT, env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the manager exited with code {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if call(self.port, "GET", "/ready")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(POLL)
+        raise TimeoutError(f"the manager was not ready within {timeout:g} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def remember_tree(self) -> None:
+        """Note every process below the manager now (workers, TTS servers, gunicorn), so stop()
+        can make sure of them even if the manager dies first."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                self._seen.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+
+    def avatar(self, name: str, **config) -> None:
+        folder = self.data_dir / "avatars" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "config.json"
+        current = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**current, **config}))
+
+    def start_avatar(self, name: str) -> dict:
+        status, body = call(self.port, "POST", "/avatar/start", {"avatar_id": name})
+        if status != 200:
+            raise RuntimeError(f"POST /avatar/start {name}: {status} {body}")
+        self.remember_tree()
+        return body
+
+    def stop_avatar(self, name: str) -> None:
+        status, body = call(self.port, "POST", "/avatar/stop", {"avatar_id": name})
+        if status != 200:
+            raise RuntimeError(f"POST /avatar/stop {name}: {status} {body}")
+
+    def metrics(self) -> dict[str, float]:
+        status, body = call(self.port, "GET", "/metrics")
+        if status != 200:
+            raise RuntimeError(f"GET /metrics: {status}")
+        values = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, _, value = line.partition(" ")
+                values[name] = float(value)
+        return values
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc is None:
+            return
+        self.remember_tree()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"manager pid {self.proc.pid} still running {timeout:g} s after SIGTERM; killing its tree",
+                      file=sys.stderr)
+                self.remember_tree()
+                for p in self._seen.values():
+                    try:
+                        p.kill()
+                    except psutil.Error:
+                        pass
+                self.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(list(self._seen.values()), timeout=10)
+        for p in alive:
+            print(f"pid {p.pid} outlived its manager; killing it", file=sys.stderr)
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        self.proc = None
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+class Load:
+    """`clients` threads, each POSTing /avatar/start for `avatar` back to back on its own
+    keep-alive connection, recording (issued, seconds, status) for every request."""
+
+    def __init__(self, port: int, avatar: str, clients: int) -> None:
+        self.port, self.avatar, self.clients = port, avatar, clients
+        self.stopping = threading.Event()
+        self.samples: list[list[tuple[float, float, int]]] = [[] for _ in range(clients)]
+        self.errors: list[str] = []
+        self.reconnects = 0
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+        self._ready = threading.Barrier(clients + 1)
+
+    def _client(self, index: int) -> None:
+        connection = Connection(self.port)
+        out = self.samples[index]
+        body = {"avatar_id": self.avatar}
+        try:
+            connection.request("GET", "/health")   # connect before the clock starts
+            self._ready.wait()
+            while not self.stopping.is_set():
+                issued = time.perf_counter()
+                status, _ = connection.request("POST", "/avatar/start", body)
+                out.append((issued, time.perf_counter() - issued, status))
+        except threading.BrokenBarrierError:
+            pass
+        except Exception as exc:  # reported, and the measurement refuses to pass for good
+            self.errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+            self._ready.abort()
+        finally:
+            self.reconnects += connection.reconnects
+            connection.close()
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        try:
+            self._ready.wait(timeout=30)
+        except threading.BrokenBarrierError:
+            self.stopping.set()
+            raise RuntimeError(f"clients could not connect: {self.errors}") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=TIMEOUT)
+
+    def issued_between(self, start: float, end: float) -> list[tuple[float, float, int]]:
+        return [s for client in self.samples for s in client if start <= s[0] < end]
+
+
+def summary(samples: list[tuple[float, float, int]], window: float) -> dict:
+    latencies = sorted(1000 * s[1] for s in samples)
+    if not latencies:
+        raise RuntimeError("no request was measured")
+
+    def rank(q: float) -> float:  # nearest rank
+        return latencies[max(0, math.ceil(q * len(latencies)) - 1)]
+    return {"n": len(latencies), "p50": rank(0.50), "p99": rank(0.99), "mean": statistics.fmean(latencies),
+            "max": latencies[-1], "rps": len(latencies) / window, "errors": sum(s[2] != 200 for s in samples)}
+
+
+def warm(manager: Manager, avatar: str, clients: int, seconds: float) -> dict:
+    with Load(manager.port, avatar, clients) as load:
+        time.sleep(WARMUP)
+        start = time.perf_counter()
+        time.sleep(seconds)
+        end = time.perf_counter()
+    if load.errors:
+        raise RuntimeError("; ".join(load.errors))
+    return {**summary(load.issued_between(start, end), end - start), "reconnects": load.reconnects}
+
+
+def warm_during_cold(manager: Manager, warm_avatar: str, cold_avatar: str, clients: int, starts: int) -> dict:
+    """The warm load while `cold_avatar` cold-starts, `starts` times."""
+    during, window, colds, reconnects = [], 0.0, [], 0
+    for _ in range(starts):
+        cold: dict = {}
+
+        def start_cold() -> None:
+            t0 = time.perf_counter()
+            try:
+                cold["status"], cold["body"] = call(manager.port, "POST", "/avatar/start", {"avatar_id": cold_avatar})
+            finally:
+                cold["seconds"] = time.perf_counter() - t0
+
+        monitor = Connection(manager.port)
+        with Load(manager.port, warm_avatar, clients) as load:
+            time.sleep(WARMUP)
+            starter = threading.Thread(target=start_cold, daemon=True)
+            starter.start()
+            first = last = None
+            deadline = time.perf_counter() + TIMEOUT
+            while time.perf_counter() < deadline:
+                asked = time.perf_counter()
+                status, raw = monitor.request("GET", f"/avatar/info/{cold_avatar}")
+                state = json.loads(raw).get("data", {}).get("state") if status == 200 else None
+                if state == "STARTING":
+                    first = first if first is not None else time.perf_counter()
+                    last = asked
+                elif first is not None or not starter.is_alive():
+                    break
+                time.sleep(POLL)
+            starter.join(timeout=TIMEOUT)
+            time.sleep(0.2)
+        monitor.close()
+        if load.errors:
+            raise RuntimeError("; ".join(load.errors))
+        if cold.get("status") != 200:
+            raise RuntimeError(f"the cold start of {cold_avatar} failed: {cold.get('status')} {cold.get('body')}")
+        if first is None or last is None or last <= first:
+            raise RuntimeError(f"{cold_avatar} was never seen STARTING")
+        during += load.issued_between(first, last)
+        window += last - first
+        colds.append(cold["seconds"])
+        reconnects += load.reconnects
+        manager.stop_avatar(cold_avatar)
+    return {**summary(during, window), "reconnects": reconnects, "cold": colds, "starting_s": window / starts}
+
+
+def cold_starts(manager: Manager, avatar: str, runs: int) -> list[dict]:
+    rows = []
+    for _ in range(runs):
+        before = manager.metrics()
+        t0 = time.perf_counter()
+        status, body = call(manager.port, "POST", "/avatar/start", {"avatar_id": avatar})
+        seconds = time.perf_counter() - t0
+        if status != 200 or not body["data"]["is_new"]:
+            raise RuntimeError(f"cold start of {avatar}: {status} {body}")
+        manager.remember_tree()
+        after = manager.metrics()
+        rows.append({"http": seconds, "spawn": after["avatar_start_seconds_sum"] - before.get(
+            "avatar_start_seconds_sum", 0.0)})
+        manager.stop_avatar(avatar)
+    return rows
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    ram = psutil.virtual_memory().total / 2 ** 30
+    return (f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB, Python {platform.python_version()}; "
+            f"{time.strftime('%Y-%m-%d')}")
+
+
+def row(label: str, r: dict) -> str:
+    return (f"| {label} | {r['n']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['mean']:.1f} | {r['max']:.0f} "
+            f"| {r['rps']:.0f} | {r['errors']} |")
+
+
+HEADER = ("| clients | requests | p50 ms | p99 ms | mean ms | max ms | requests/s | non-200 |\n"
+          "|---|---|---|---|---|---|---|---|")
+
+
+def print_cold(cold_rows: list[dict]) -> None:
+    http = sorted(r["http"] for r in cold_rows)
+    print(f"\nCold start to ready: POST /avatar/start for stopped `demo` (real lipsync_worker, puppet engine), "
+          f"{len(cold_rows)} runs, POST /avatar/stop between\n")
+    print("| run | HTTP round trip to 200 s | spawn to ready s (/metrics) |")
+    print("|---|---|---|")
+    for i, r in enumerate(cold_rows, 1):
+        print(f"| {i} | {r['http']:.2f} | {r['spawn']:.2f} |")
+    print(f"| p50 (max) | {statistics.median(http):.2f} ({http[-1]:.2f}) "
+          f"| {statistics.median(r['spawn'] for r in cold_rows):.2f} "
+          f"({max(r['spawn'] for r in cold_rows):.2f}) |", flush=True)
+
+
+def prepare_demo(manager: Manager) -> None:
+    env = {**os.environ, "AVATAR_DATA_DIR": str(manager.data_dir)}
+    done = subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
+                           "--avatar_id", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"prepare failed:\n{done.stdout}\n{done.stderr}")
+
+
+def run(args, tmp: Path, managers: list[Manager]) -> None:
+    env = {}
+    if args.web_concurrency:
+        env["WEB_CONCURRENCY"] = str(args.web_concurrency)
+    if args.threads:
+        env["GUNICORN_THREADS"] = str(args.threads)
+    gunicorn = (f"gunicorn gthread, WEB_CONCURRENCY={args.web_concurrency or 'default (2)'}, "
+                f"GUNICORN_THREADS={args.threads or 'default (32)'}")
+    print(f"machine: {machine()}; {gunicorn}; SQLite store", flush=True)
+
+    cold_rows: list[dict] = []
+    if not args.skip_real:
+        real = Manager(tmp / "real", env)
+        managers.append(real)
+        prepare_demo(real)
+        real.start()
+        if args.cold_runs:
+            cold_rows = cold_starts(real, "demo", args.cold_runs)
+            print_cold(cold_rows)
+        real.start_avatar("demo")
+        print("\nWarm pooled start: POST /avatar/start for `demo` while RUNNING (real lipsync_worker), "
+              f"{args.seconds:g} s per row, one keep-alive connection per client\n")
+        print(HEADER)
+        for clients in args.clients:
+            r = warm(real, "demo", clients, args.seconds)
+            print(row(str(clients), r), flush=True)
+        real.stop()
+
+    if args.slow_starts:
+        fake = Manager(tmp / "fake", {**env, "WORKER_MODULE": "tests.fake_worker"})
+        managers.append(fake)
+        fake.avatar("warm")
+        fake.avatar("slow", fault="slow:5")
+        fake.start()
+        fake.start_avatar("warm")
+        alone = warm(fake, "warm", args.during_clients, args.seconds)
+        during = warm_during_cold(fake, "warm", "slow", args.during_clients, args.slow_starts)
+        fake.stop()
+        colds = ", ".join(f"{s:.2f}" for s in during["cold"])
+        print(f"\nWarm pooled start at {args.during_clients} clients (tests.fake_worker), alone and while "
+              f"another avatar cold-starts (\"fault\": \"slow:5\"; {args.slow_starts} starts taking {colds} s, "
+              f"counted over the {during['starting_s']:.1f} s each was seen STARTING)\n")
+        print(HEADER.replace("| clients |", "| warm load |"))
+        print(row(f"{args.during_clients} clients, no cold start", alone))
+        print(row(f"{args.during_clients} clients, during a 5 s cold start", during), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per warm row")
+    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--slow-starts", type=int, default=3, help="5 s cold starts under warm load (0: skip)")
+    parser.add_argument("--during-clients", type=int, default=32)
+    parser.add_argument("--skip-real", action="store_true", help="only the fake-worker phase")
+    parser.add_argument("--web-concurrency", type=int, help="WEB_CONCURRENCY for the manager's gunicorn")
+    parser.add_argument("--threads", type=int, help="GUNICORN_THREADS for the manager's gunicorn")
+    args = parser.parse_args()
+    # Client threads hand the GIL over sooner than the default 5 ms, so it adds little latency.
+    sys.setswitchinterval(0.0005)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, terminate)
+
+    tmp = Path(tempfile.mkdtemp(prefix="manager-bench-"))
+    managers: list[Manager] = []
+    try:
+        run(args, tmp, managers)
+    except Exception:
+        for m in managers:
+            if m.proc is not None:
+                print(f"--- manager output ({m.output}):\n{m.tail()}", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not skip the cleanup
+        for m in managers:
+            m.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

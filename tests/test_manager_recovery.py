@@ -1,0 +1,87 @@
+"""The supervisor keeps the fleet up: crashed and hung workers are replaced, crash loops end in
+FAILED, and a manager killed outright is replaced by one that adopts the live workers."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import requests
+
+from managers import Manager
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def info(m: Manager, name: str) -> dict | None:
+    answer = m.get(f"/avatar/info/{name}")
+    return answer.json()["data"] if answer.status_code == 200 else None
+
+
+def test_a_killed_worker_is_replaced_on_its_port_with_its_connections(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    m.avatar("a")
+    first = m.start_avatar("a_user_1").json()["data"]
+    m.start_avatar("a_user_2")
+    os.kill(first["pid"], signal.SIGKILL)
+    again = wait_for(lambda: (i := info(m, "a")) and i["state"] == "RUNNING" and i["pid"] != first["pid"] and i,
+                     what="a replacement worker")
+    assert again["port"] == first["port"] and again["connections"] == 2
+    health = requests.get(f"http://127.0.0.1:{again['port']}/health", timeout=2).json()
+    assert health["pid"] == again["pid"]
+    assert not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_hung_worker_is_killed_and_replaced(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker", HEALTH_CHECK_INTERVAL="0.3")
+    m.avatar("h", fault="freeze_after:1")
+    first = m.start_avatar("h").json()["data"]
+    wait_for(lambda: (i := info(m, "h")) and i["pid"] not in (None, first["pid"]), what="the hung worker replaced")
+    assert not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_crash_loop_ends_in_failed_with_the_port_released_and_restart_clears_it(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker", MAX_AVATARS=1)
+    folder = m.avatar("loop", fault="crash_after:0.3")
+    assert m.start_avatar("loop").status_code == 200
+    failed = wait_for(lambda: (i := info(m, "loop")) and i["state"] == "FAILED" and i, timeout=60,
+                      what="FAILED after the restart budget")
+    assert failed["port"] is None and "exited with code 4" in failed["error"]
+    assert m.get("/status").json()["data"]["manager"]["states"]["FAILED"] == 1
+    # The port went back: with MAX_AVATARS=1 another avatar can start.
+    m.avatar("other")
+    assert m.start_avatar("other").status_code == 200
+    assert m.post("/avatar/stop", {"avatar_id": "other"}).status_code == 200
+    # Fixed, then restarted by hand: it runs again.
+    (folder / "config.json").write_text("{}")
+    restarted = m.post("/avatar/restart", {"avatar_id": "loop"})
+    assert restarted.status_code == 200, restarted.text
+    assert restarted.json()["data"]["state"] == "RUNNING"
+
+
+def test_after_the_manager_is_killed_a_new_one_adopts_the_live_workers(manager, tmp_path):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    m.avatar("keep")
+    first = m.start_avatar("keep").json()["data"]
+    m.kill()  # SIGKILL to the supervisor and gunicorn; the worker has a session of its own
+    assert psutil.pid_exists(first["pid"])
+    assert requests.get(f"http://127.0.0.1:{first['port']}/health", timeout=2).status_code == 200
+
+    again = manager(start=False, WORKER_MODULE="tests.fake_worker", AVATAR_MANAGER_PORT=m.port,
+                    AVATAR_BASE_PORT=m.base_port)
+    again.start()
+    adopted = info(again, "keep")
+    assert adopted["state"] == "RUNNING" and adopted["pid"] == first["pid"] and adopted["port"] == first["port"]
+    joined = again.start_avatar("keep_user_2").json()["data"]
+    assert joined["pid"] == first["pid"] and joined["connections"] == 2
+    assert again.post("/avatar/stop", {"avatar_id": "keep"}).status_code == 200
+    assert not psutil.pid_exists(first["pid"])

@@ -1,0 +1,50 @@
+"""Lazy TTS: the first avatar that needs a voice model gets that model's server started."""
+from __future__ import annotations
+
+import psutil
+import requests
+
+from ports_config import TTS_PORTS
+
+
+def _health(port: int) -> dict | None:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+    except requests.RequestException:
+        return None
+
+
+def test_a_worker_gets_its_tts_server_started_and_stopped_with_the_manager(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    m.avatar("anna", tts_model="EdgeTTS", timbre="FemaleA")
+    port = TTS_PORTS["edgetts"]
+    assert _health(port) is None, "something already serves edgetts on its port"
+    answer = m.start_avatar("anna_user_1")
+    assert answer.status_code == 200, answer.text
+    assert _health(port)["model"] == "edgetts"
+    tts_pids = [c.pid for c in m.tree() if "tts_services" in " ".join(c.cmdline())]
+    assert len(tts_pids) == 1
+    worker = requests.get(f"http://127.0.0.1:{answer.json()['data']['port']}/health", timeout=2).json()
+    argv = worker["argv"]
+    assert argv[argv.index("--tts") + 1] == "edgetts"
+    assert argv[argv.index("--TTS_SERVER") + 1] == f"http://127.0.0.1:{port}"
+    assert argv[argv.index("--REF_FILE") + 1] == "FemaleA"
+
+    # A second avatar on the same model uses the same server.
+    m.avatar("bert", tts_model="edge-tts")
+    assert m.start_avatar("bert_user_1").status_code == 200
+    assert [c.pid for c in m.tree() if "tts_services" in " ".join(c.cmdline())] == tts_pids
+
+    m.stop()
+    assert not psutil.pid_exists(tts_pids[0]) or psutil.Process(tts_pids[0]).status() == psutil.STATUS_ZOMBIE
+    assert _health(port) is None
+
+
+def test_an_unknown_tts_model_is_refused_before_anything_starts(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    m.avatar("odd", tts_model="festival")
+    answer = m.start_avatar("odd")
+    assert answer.status_code == 400
+    assert "unknown TTS model 'festival'" in answer.json()["message"]
+    assert m.get("/avatar/list").json()["count"] == 0
+    assert not list(m.log_dir.glob("avatar_*.log"))
