@@ -37,7 +37,8 @@ def _redis_url(raw: str) -> str | None:
     if not raw:
         return None
     if urlparse(raw).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"REDIS_URL={raw!r} must start with redis://, rediss:// or unix://")
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (its scheme is "
+                          f"{urlparse(raw).scheme!r})")
     return raw
 
 

@@ -302,3 +302,17 @@ def test_nvml_init_error_runs_on_the_cpu_and_says_why(manager):
     listed, note = status_gpus(m)
     assert listed == []
     assert "NVML" in note and "NVML Shared Library Not Found" in note
+
+
+@pytest.mark.parametrize("world, gpu_ids, says", [
+    ({"gpus": [gpu(40000)]}, "3", "GPU_IDS"),
+    pytest.param({"gpus": []}, "", "no GPU", marks=pytest.mark.xfail(
+        strict=True, reason="BUG: with no GPU at all and GPU_IDS unset, /status blames GPU_IDS")),
+])
+def test_status_says_why_no_gpu_is_listed(manager, world, gpu_ids, says):
+    m = manager(**nvml_env(world, GPU_IDS=gpu_ids))
+    listed, note = status_gpus(m)
+    assert listed == []
+    assert says in note
+    if not gpu_ids:
+        assert "GPU_IDS" not in note

@@ -193,7 +193,7 @@ return 0
 """
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL for messages: without its password or query (which may hold one)."""
     parts = urlsplit(url)
     if parts.password is not None:
@@ -214,7 +214,7 @@ def _instance(flat: list[str]) -> Instance:
 
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "avm:") -> None:
-        self.url = _redacted(url)
+        self.url = redacted(url)
         self.prefix = prefix
         self._lease, self._counts = prefix + "lease", prefix + "counts"
         with self._errors():
