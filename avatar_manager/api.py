@@ -32,7 +32,10 @@ def _reply(message: str, data=None, status: int = 200, **extra) -> tuple[Respons
 
 
 def _body() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the JSON parser goes
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object, e.g. {\"avatar_id\": \"demo_user_1\"}")
     return body

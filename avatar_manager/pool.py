@@ -115,20 +115,21 @@ class Pool:
         except AvatarError as exc:
             raise BadRequest(str(exc)) from None
         instance = self.store.get(key)
+        if instance is None and instance_name(key) != key:
+            instance = self.store.get(instance_name(key))  # a joiner's id: g_user_8 -> avatar g
         if instance is None:
             raise NotFound(f"no instance named {key!r}")
         return instance
 
     def disconnect(self, key: str) -> Instance:
-        self.find(key)
-        return self.store.disconnect(key, time.time())
+        return self.store.disconnect(self.find(key).avatar, time.time())
 
     def stop(self, key: str, force: bool = True) -> Instance | None:
         """force: stop now whatever the connections; else as a disconnect (the seed's semantics).
         Returns None once stopped, or the instance that stays up."""
         instance = self.find(key)
         if not force:
-            instance = self.store.disconnect(key, time.time())
+            instance = self.store.disconnect(instance.avatar, time.time())
             if instance.connections > 0 or self.settings.idle_timeout > 0:
                 return instance
         self._require_supervisor()

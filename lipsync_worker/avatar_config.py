@@ -26,7 +26,7 @@ class NoSuchAvatar(AvatarError):
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise AvatarError(f"avatar name {name!r} must be 1-64 letters, digits, '_' or '-'")
     return name
 

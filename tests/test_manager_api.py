@@ -60,6 +60,11 @@ def error(response: requests.Response, code: int) -> str:
     return body["message"]
 
 
+def ok_message(response: requests.Response) -> str:
+    ok(response)
+    return response.json()["message"]
+
+
 def listing(m: Manager) -> list[dict]:
     response = m.get("/avatar/list")
     data = ok(response)
@@ -541,11 +546,6 @@ def test_stop_all_stops_every_instance(fm):
         assert gone(s["pid"]) and port_free(s["port"])
 
 
-def ok_message(response: requests.Response) -> str:
-    ok(response)
-    return response.json()["message"]
-
-
 # --- 10: security ---------------------------------------------------------------------------------
 
 def test_api_token_and_cors(manager):
@@ -583,7 +583,8 @@ def test_api_token_and_cors(manager):
         assert good.headers.get("Access-Control-Allow-Origin") == "http://good.example"
         evil = requests.get(url + path, headers={**headers, "Origin": "http://evil.example"}, timeout=10)
         assert "Access-Control-Allow-Origin" not in evil.headers
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
     good = requests.options(url + "/avatar/start", headers={**preflight, "Origin": "http://good.example"}, timeout=10)
     assert good.status_code == 200 and good.headers.get("Access-Control-Allow-Origin") == "http://good.example"
     evil = requests.options(url + "/avatar/start", headers={**preflight, "Origin": "http://evil.example"}, timeout=10)
