@@ -138,8 +138,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         }
         gpu = [g.to_api(sum(i.reserved_mb for i in active if i.gpu == g.index and i.state == State.STARTING),
                         sum(i.gpu == g.index for i in active)) for g in gpus]
-        return _reply("ok", {"manager": manager, "gpu": gpu, "gpu_note": None if gpus else unavailable_reason()
-                             or "no GPU selected (GPU_IDS)"})
+        note = None
+        if not gpus:
+            note = unavailable_reason() or (
+                f"none of GPU_IDS={','.join(map(str, settings.gpu_ids))} is a GPU that NVML reports"
+                if settings.gpu_ids is not None else "NVML reports no GPU")
+        return _reply("ok", {"manager": manager, "gpu": gpu, "gpu_note": note})
 
     @app.get("/metrics")
     def metrics_route():

@@ -68,8 +68,8 @@ class Pool:
         try:
             return self._wait_running(joined), created
         except Unavailable:
-            try:  # this caller is not connected after all
-                self.store.disconnect(avatar, time.time())
+            try:  # this caller is not connected after all (to this instance, not a later one)
+                self.store.disconnect(avatar, time.time(), token=joined.token)
             except NotFound:
                 pass
             raise

@@ -18,10 +18,18 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(width: int) -> int:
-    """The first port of `width` consecutive ports that are free now."""
+    """The first port of `width` consecutive ports that are free now, below the kernel's range for
+    outgoing connections (which could otherwise take a port between its lease and its bind)."""
     for _ in range(200):
-        base = random.randrange(20000, 60000 - width)
+        base = random.randrange(10000, _ephemeral_low() - width)
         if all(_free(p) for p in range(base, base + width)):
             return base
     raise RuntimeError(f"no block of {width} free ports")

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
@@ -27,6 +28,21 @@ REQUESTS = 1000
 CLIENT_THREADS = 100
 
 
+def avatar_port_block(width: int) -> int:
+    """A free block of avatar ports below the kernel's ephemeral range: a port in that range can
+    be taken at any moment by an outgoing connection (this test makes over a thousand), and then
+    the worker cannot bind it. (managers.free_port_block draws from 20000-60000.)"""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        base = random.randrange(10000, low - width)
+        if all(is_free(p) for p in range(base, base + width)):
+            return base
+    raise RuntimeError(f"no block of {width} free ports below {low}")
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def store_env(request) -> dict[str, str]:
     if request.param == "sqlite":
@@ -36,6 +52,13 @@ def store_env(request) -> dict[str, str]:
     client.flushdb()
     client.close()
     return {"REDIS_URL": url}
+
+
+def cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # gone meanwhile
+        return []
 
 
 def fire(url: str, bodies: list[dict]) -> list[tuple[dict, int | None, object]]:
@@ -75,13 +98,13 @@ def fire(url: str, bodies: list[dict]) -> list[tuple[dict, int | None, object]]:
 
 def test_1000_concurrent_starts_for_50_avatars_run_exactly_max_avatars(manager, store_env):
     m = manager(WEB_CONCURRENCY="4", MAX_AVATARS=str(MAX_AVATARS), WORKER_MODULE="tests.fake_worker",
-                IDLE_TIMEOUT="300", **store_env)
+                AVATAR_BASE_PORT=str(avatar_port_block(MAX_AVATARS)), IDLE_TIMEOUT="300", **store_env)
     # /ready answers once one gunicorn worker serves; all 4 take part in the storm.
     deadline = time.monotonic() + 30
-    while len(api := [p for p in m.tree() if "gunicorn" in " ".join(p.cmdline())]) < 1 + 4:
-        assert time.monotonic() < deadline, [p.cmdline() for p in api]
+    while len(api := [p for p in m.tree() if "gunicorn" in " ".join(cmdline(p))]) < 1 + 4:
+        assert time.monotonic() < deadline, [cmdline(p) for p in api]
         time.sleep(0.05)
-    assert len(api) == 1 + 4, [p.cmdline() for p in api]  # gunicorn's arbiter and its 4 workers
+    assert len(api) == 1 + 4, [cmdline(p) for p in api]  # gunicorn's arbiter and its 4 workers
     for name in AVATARS:
         m.avatar(name)
     ports = range(m.base_port, m.base_port + MAX_AVATARS)
@@ -138,13 +161,13 @@ def test_1000_concurrent_starts_for_50_avatars_run_exactly_max_avatars(manager, 
         health = requests.get(f"http://127.0.0.1:{instance['port']}/health", timeout=5).json()
         assert health["pid"] == instance["pid"]
         workers.append(process)
-    assert sorted(p.pid for p in m.tree() if "tests.fake_worker" in p.cmdline()) == sorted(p.pid for p in workers)
+    assert sorted(p.pid for p in m.tree() if "tests.fake_worker" in cmdline(p)) == sorted(p.pid for p in workers)
 
     r = m.post("/avatar/stop-all")
     assert r.status_code == 200 and r.json()["message"] == f"{MAX_AVATARS} avatar instance(s) stopped", r.text
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, alive
-    assert not [p for p in m.tree() if "tests.fake_worker" in p.cmdline()]
+    assert not [p for p in m.tree() if "tests.fake_worker" in cmdline(p)]
     assert [p for p in ports if not is_free(p)] == []
     listed = m.get("/avatar/list").json()
     assert (listed["count"], listed["data"]) == (0, [])
@@ -154,8 +177,6 @@ def test_1000_concurrent_starts_for_50_avatars_run_exactly_max_avatars(manager, 
           f"{statuses[200]} x 200, {statuses[503]} x 503; running {sorted(running)}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a failed start's cleanup disconnects whatever instance the avatar "
-                                       "has by then (pool.Pool.start -> store.disconnect by name, no token)")
 def test_a_failed_start_leaves_the_next_instances_connections_alone(tmp_path, monkeypatch):
     """Callers that joined a cold start which then fails give their connection back; if another
     caller has meanwhile started the avatar afresh, that instance's count must not drop. Seen with

@@ -330,3 +330,11 @@ def test_redis_store_errors_from_the_server_are_store_errors(redis_url):
     with pytest.raises(StoreError, match="WRONGTYPE"):
         store.get("alice")
     store.close()
+
+
+def test_disconnect_with_a_token_leaves_a_later_instance_alone(store):
+    store.claim(claim("alice"))
+    store.claim(claim("alice"))
+    kept = store.disconnect("alice", NOW + 1, token="token_of_an_earlier_instance")
+    assert kept.connections == 2 and kept.idle_since == 0
+    assert store.disconnect("alice", NOW + 1, token="token_alice").connections == 1

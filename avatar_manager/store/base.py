@@ -78,8 +78,9 @@ class Store(ABC):
         """Every record, oldest first."""
 
     @abstractmethod
-    def disconnect(self, key: str, now: float) -> Instance:
-        """Connections - 1 (not below 0); idle_since = now when it reaches 0. NotFound if absent."""
+    def disconnect(self, key: str, now: float, token: str | None = None) -> Instance:
+        """Connections - 1 (not below 0); idle_since = now when it reaches 0. NotFound if absent.
+        With a token: only while the record is still that instance (else returned unchanged)."""
 
     @abstractmethod
     def transition(self, avatar: str, allowed: frozenset[State] | set[State], to: State,

@@ -140,6 +140,9 @@ return {1, redis.call('HGETALL', key(avatar))}
 _DISCONNECT = """
 local avatar = find(ARGV[2])
 if not avatar then return false end
+if ARGV[4] ~= '' and redis.call('HGET', key(avatar), 'token') ~= ARGV[4] then
+  return redis.call('HGETALL', key(avatar))
+end
 local connections = tonumber(redis.call('HGET', key(avatar), 'connections'))
 if connections > 0 then
   redis.call('HSET', key(avatar), 'connections', tostring(connections - 1))
@@ -274,8 +277,8 @@ class RedisStore(Store):
         instances = [_instance(flat) for flat in self._instances(self._list)]
         return sorted(instances, key=lambda i: (i.created, i.avatar))
 
-    def disconnect(self, key: str, now: float) -> Instance:
-        flat = self._instances(self._disconnect, key, repr(float(now)))
+    def disconnect(self, key: str, now: float, token: str | None = None) -> Instance:
+        flat = self._instances(self._disconnect, key, repr(float(now)), token or "")
         if not flat:
             raise NotFound(key)
         return _instance(flat)

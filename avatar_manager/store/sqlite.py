@@ -132,11 +132,13 @@ class SqliteStore(Store):
             rows = db.execute("SELECT * FROM instances ORDER BY created, avatar").fetchall()
         return [Instance.from_record(dict(r)) for r in rows]
 
-    def disconnect(self, key: str, now: float) -> Instance:
+    def disconnect(self, key: str, now: float, token: str | None = None) -> Instance:
         with self._tx() as db:
             instance = self._row(db, key)
             if instance is None:
                 raise NotFound(key)
+            if token is not None and instance.token != token:
+                return instance
             connections = max(0, instance.connections - 1)
             idle_since = now if connections == 0 and instance.connections > 0 else instance.idle_since
             self._update(db, instance.avatar, {"connections": connections, "idle_since": idle_since})
