@@ -54,13 +54,18 @@ class Pool:
         try:
             check_name(instance_id)
             avatar = check_name(avatar_name or instance_name(instance_id))
-            spec = avatar_spec(self.settings, avatar)
-        except NoSuchAvatar as exc:
-            raise NotFound(str(exc)) from None
-        except (AvatarError, ValueError) as exc:
+        except AvatarError as exc:
             raise BadRequest(str(exc)) from None
         joined = self.store.join(avatar, time.time())
+        if joined is not None and joined.state == State.RUNNING:
+            return joined, False  # warm: one store write and one read, nothing else
         if joined is None:
+            try:
+                spec = avatar_spec(self.settings, avatar)
+            except NoSuchAvatar as exc:
+                raise NotFound(str(exc)) from None
+            except (AvatarError, ValueError) as exc:
+                raise BadRequest(str(exc)) from None
             self._require_supervisor()
             joined, created = self._claim(instance_id, avatar, spec.needs_gpu)
         else:

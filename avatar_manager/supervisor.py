@@ -314,6 +314,8 @@ class Supervisor:
             procs.kill_tree(child, self.settings.stop_timeout)
         if instance.port and not ports.wait_free(instance.port, self.settings.stop_timeout):
             log.warning("%s: port %d still busy after the worker exited", avatar, instance.port)
+        self.next_probe.pop(avatar, None)
+        self.misses.pop(avatar, None)
         current = self.store.get(avatar)
         if current is not None and current.restart:
             self.store.transition(avatar, {State.STOPPING}, State.STARTING, restart=False, pid=0,

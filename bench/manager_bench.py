@@ -1,7 +1,8 @@
 """Avatar manager: warm pooled starts under concurrency, during a cold start, and cold starts.
 
-    .venv/bin/python bench/manager_bench.py [--clients 1 8 32] [--seconds 5] [--cold-runs 5]
-                                            [--slow-starts 3] [--web-concurrency N] [--threads N]
+    .venv/bin/python bench/manager_bench.py [--clients 1 8 32] [--rates 320 800] [--seconds 5]
+                                            [--cold-runs 5] [--slow-starts 3]
+                                            [--web-concurrency N] [--threads N]
 
 Real managers (`python -m avatar_manager`: supervisor + gunicorn), each with its own temporary
 AVATAR_DATA_DIR and LOG_DIR and free ports, defaults otherwise; measured over HTTP on loopback.
@@ -11,16 +12,22 @@ WORKER_MODULE is one setting per manager, so there are two phases:
      its 200 (the handler returns once the worker answers /health), --cold-runs times, with
      POST /avatar/stop between runs; spawn to ready is the supervisor's own measurement, the
      growth of /metrics avatar_start_seconds_sum over the run;
-   - warm pooled start: POST /avatar/start for `demo` while it is RUNNING, from 1, 8 and 32
-     client threads, each on one persistent (keep-alive) HTTP/1.1 connection, back to back, for
-     --seconds after a warm-up. Each call adds a connection to the instance, as a user joining.
+   - warm pooled start: POST /avatar/start for `demo` while it is RUNNING, each client thread on
+     one persistent (keep-alive) HTTP/1.1 connection, for --seconds after a warm-up. Each call
+     adds a connection to the instance, as a user joining. Two kinds of load:
+     back to back (closed loop: 1, 8, 32 clients, each sends as soon as its last answer came),
+     which finds the throughput, and whose mean latency is clients / throughput by Little's law;
+     paced (open loop: 32 clients offering --rates requests/s together, at exponentially spaced
+     times, each request timed from when it was due), the latency at a given demand.
 2. `tests.fake_worker` (the fault-injection worker): avatar `warm` RUNNING, and avatar `slow`
-   whose config.json has "fault": "slow:5", a worker that sleeps 5 s before it listens. The warm
+   whose config.json has "fault": "slow:5", a worker that sleeps 5 s before it listens. Each warm
    load at 32 clients, alone, then while `slow` cold-starts (--slow-starts times): only requests
    issued while /avatar/info/slow reported STARTING count (between the first poll that saw
    STARTING and the last one that did, polled every 50 ms).
 The clients are threads of this process speaking HTTP/1.1 over raw sockets (a request is a few
-tens of microseconds of Python), so on a small host they share its cores with the manager.
+tens of microseconds of Python), so on a small host they share its cores with the manager. The
+CPU that other processes took during the measurements is printed last: a busy neighbour on a
+2-core host shows up as tail latency.
 """
 from __future__ import annotations
 
@@ -145,9 +152,18 @@ def _free(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(width: int) -> int:
+    """`width` consecutive free ports below the kernel's range for outgoing connections: the
+    bench opens thousands of those, and one must not take a worker's port before it binds."""
     for _ in range(200):
-        base = random.randrange(20000, 60000 - width)
+        base = random.randrange(10000, _ephemeral_low() - width)
         if all(_free(p) for p in range(base, base + width)):
             return base
     raise RuntimeError(f"no block of {width} free ports")
@@ -266,15 +282,18 @@ class Manager:
 # --- load ----------------------------------------------------------------------------------------
 
 class Load:
-    """`clients` threads, each POSTing /avatar/start for `avatar` back to back on its own
-    keep-alive connection, recording (issued, seconds, status) for every request."""
+    """`clients` threads, each POSTing /avatar/start for `avatar` on its own keep-alive
+    connection, recording (issued, seconds, status) for every request. Back to back (a closed
+    loop) by default; with `rate`, each client sends at exponentially spaced times so that all
+    together offer `rate` requests/s (an open loop), and a request is timed from when it was due,
+    so a late client does not hide queueing."""
 
-    def __init__(self, port: int, avatar: str, clients: int) -> None:
-        self.port, self.avatar, self.clients = port, avatar, clients
+    def __init__(self, port: int, avatar: str, clients: int, rate: float | None = None) -> None:
+        self.port, self.avatar, self.clients, self.rate = port, avatar, clients, rate
         self.stopping = threading.Event()
         self.samples: list[list[tuple[float, float, int]]] = [[] for _ in range(clients)]
         self.errors: list[str] = []
-        self.reconnects = 0
+        self.reconnects: list[int] = []
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
         self._ready = threading.Barrier(clients + 1)
 
@@ -282,11 +301,20 @@ class Load:
         connection = Connection(self.port)
         out = self.samples[index]
         body = {"avatar_id": self.avatar}
+        gaps = random.Random(index)
         try:
             connection.request("GET", "/health")   # connect before the clock starts
             self._ready.wait()
+            due = time.perf_counter()
             while not self.stopping.is_set():
-                issued = time.perf_counter()
+                if self.rate:
+                    due += gaps.expovariate(self.rate / self.clients)
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    issued = due
+                else:
+                    issued = time.perf_counter()
                 status, _ = connection.request("POST", "/avatar/start", body)
                 out.append((issued, time.perf_counter() - issued, status))
         except threading.BrokenBarrierError:
@@ -295,7 +323,7 @@ class Load:
             self.errors.append(f"client {index}: {type(exc).__name__}: {exc}")
             self._ready.abort()
         finally:
-            self.reconnects += connection.reconnects
+            self.reconnects.append(connection.reconnects)
             connection.close()
 
     def __enter__(self) -> "Load":
@@ -317,6 +345,46 @@ class Load:
         return [s for client in self.samples for s in client if start <= s[0] < end]
 
 
+class HostCpu:
+    """CPU that processes other than this bench and its manager used during a measurement, in %
+    of one core: the host is shared, and a busy neighbour shows up as tail latency."""
+    worst = 0.0
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    def _ours(self) -> dict[int, tuple[psutil.Process, float]]:
+        procs = [psutil.Process()]
+        try:
+            root = psutil.Process(self.manager.proc.pid)
+            procs += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            pass
+        ours = {}
+        for p in procs:
+            try:
+                ours[p.pid] = (p, sum(p.cpu_times()[:4]))
+            except psutil.Error:
+                pass
+        return ours
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def __enter__(self) -> "HostCpu":
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), self._busy(), self._ours()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ours = 0.0
+        for pid, (p, cpu1) in self._ours().items():  # a process born meanwhile counts from 0
+            ours += cpu1 - self.ours0.get(pid, (p, 0.0))[1]
+        other = (self._busy() - self.busy0 - ours) / (time.perf_counter() - self.t0) * 100
+        HostCpu.worst = max(HostCpu.worst, other)
+
+
 def summary(samples: list[tuple[float, float, int]], window: float) -> dict:
     latencies = sorted(1000 * s[1] for s in samples)
     if not latencies:
@@ -328,24 +396,25 @@ def summary(samples: list[tuple[float, float, int]], window: float) -> dict:
             "max": latencies[-1], "rps": len(latencies) / window, "errors": sum(s[2] != 200 for s in samples)}
 
 
-def warm(manager: Manager, avatar: str, clients: int, seconds: float) -> dict:
-    with Load(manager.port, avatar, clients) as load:
+def warm(manager: Manager, avatar: str, clients: int, seconds: float, rate: float | None = None) -> dict:
+    with HostCpu(manager), Load(manager.port, avatar, clients, rate) as load:
         time.sleep(WARMUP)
         start = time.perf_counter()
         time.sleep(seconds)
         end = time.perf_counter()
     if load.errors:
         raise RuntimeError("; ".join(load.errors))
-    return {**summary(load.issued_between(start, end), end - start), "reconnects": load.reconnects}
+    return {**summary(load.issued_between(start, end), end - start), "reconnects": sum(load.reconnects)}
 
 
-def warm_during_cold(manager: Manager, warm_avatar: str, cold_avatar: str, clients: int, starts: int) -> dict:
+def warm_during_cold(manager: Manager, warm_avatar: str, cold_avatar: str, clients: int, starts: int,
+                     rate: float | None = None) -> dict:
     """The warm load while `cold_avatar` cold-starts, `starts` times."""
     during, window, colds, reconnects = [], 0.0, [], 0
     for _ in range(starts):
         cold: dict = {}
 
-        def start_cold() -> None:
+        def start_cold(cold: dict = cold) -> None:
             t0 = time.perf_counter()
             try:
                 cold["status"], cold["body"] = call(manager.port, "POST", "/avatar/start", {"avatar_id": cold_avatar})
@@ -353,7 +422,7 @@ def warm_during_cold(manager: Manager, warm_avatar: str, cold_avatar: str, clien
                 cold["seconds"] = time.perf_counter() - t0
 
         monitor = Connection(manager.port)
-        with Load(manager.port, warm_avatar, clients) as load:
+        with HostCpu(manager), Load(manager.port, warm_avatar, clients, rate) as load:
             time.sleep(WARMUP)
             starter = threading.Thread(target=start_cold, daemon=True)
             starter.start()
@@ -381,7 +450,7 @@ def warm_during_cold(manager: Manager, warm_avatar: str, cold_avatar: str, clien
         during += load.issued_between(first, last)
         window += last - first
         colds.append(cold["seconds"])
-        reconnects += load.reconnects
+        reconnects += sum(load.reconnects)
         manager.stop_avatar(cold_avatar)
     return {**summary(during, window), "reconnects": reconnects, "cold": colds, "starting_s": window / starts}
 
@@ -452,23 +521,25 @@ def run(args, tmp: Path, managers: list[Manager]) -> None:
     gunicorn = (f"gunicorn gthread, WEB_CONCURRENCY={args.web_concurrency or 'default (2)'}, "
                 f"GUNICORN_THREADS={args.threads or 'default (32)'}")
     print(f"machine: {machine()}; {gunicorn}; SQLite store", flush=True)
+    busy = psutil.cpu_percent(interval=1.0) * (os.cpu_count() or 1)
+    print(f"host before the run: {busy:.0f}% of one core busy", flush=True)
+    paced = [(args.during_clients, rate) for rate in args.rates]
 
-    cold_rows: list[dict] = []
     if not args.skip_real:
         real = Manager(tmp / "real", env)
         managers.append(real)
         prepare_demo(real)
         real.start()
         if args.cold_runs:
-            cold_rows = cold_starts(real, "demo", args.cold_runs)
-            print_cold(cold_rows)
+            print_cold(cold_starts(real, "demo", args.cold_runs))
         real.start_avatar("demo")
         print("\nWarm pooled start: POST /avatar/start for `demo` while RUNNING (real lipsync_worker), "
-              f"{args.seconds:g} s per row, one keep-alive connection per client\n")
+              f"{args.seconds:g} s per row, one keep-alive connection per client; back to back, then paced\n")
         print(HEADER)
         for clients in args.clients:
-            r = warm(real, "demo", clients, args.seconds)
-            print(row(str(clients), r), flush=True)
+            print(row(f"{clients} back to back", warm(real, "demo", clients, args.seconds)), flush=True)
+        for clients, rate in paced:
+            print(row(f"{clients} at {rate:g} req/s", warm(real, "demo", clients, args.seconds, rate)), flush=True)
         real.stop()
 
     if args.slow_starts:
@@ -478,16 +549,23 @@ def run(args, tmp: Path, managers: list[Manager]) -> None:
         fake.avatar("slow", fault="slow:5")
         fake.start()
         fake.start_avatar("warm")
-        alone = warm(fake, "warm", args.during_clients, args.seconds)
-        during = warm_during_cold(fake, "warm", "slow", args.during_clients, args.slow_starts)
+        rows, colds, starting = [], [], []
+        for clients, rate in [(args.during_clients, None), *paced]:
+            label = f"{clients} {'back to back' if rate is None else f'at {rate:g} req/s'}"
+            alone = warm(fake, "warm", clients, args.seconds, rate)
+            during = warm_during_cold(fake, "warm", "slow", clients, args.slow_starts, rate)
+            rows += [row(f"{label}, no cold start", alone), row(f"{label}, during a 5 s cold start", during)]
+            colds += during["cold"]
+            starting.append(during["starting_s"])
         fake.stop()
-        colds = ", ".join(f"{s:.2f}" for s in during["cold"])
-        print(f"\nWarm pooled start at {args.during_clients} clients (tests.fake_worker), alone and while "
-              f"another avatar cold-starts (\"fault\": \"slow:5\"; {args.slow_starts} starts taking {colds} s, "
-              f"counted over the {during['starting_s']:.1f} s each was seen STARTING)\n")
-        print(HEADER.replace("| clients |", "| warm load |"))
-        print(row(f"{args.during_clients} clients, no cold start", alone))
-        print(row(f"{args.during_clients} clients, during a 5 s cold start", during), flush=True)
+        print(f"\nWarm pooled start (tests.fake_worker), alone and while another avatar cold-starts "
+              f"(\"fault\": \"slow:5\"; {len(colds)} starts, {min(colds):.2f}-{max(colds):.2f} s to their 200; "
+              f"only requests issued while it was seen STARTING count, {statistics.fmean(starting):.1f} s a start)\n")
+        print(HEADER)
+        for line in rows:
+            print(line)
+    print(f"\nother processes on the host used up to {HostCpu.worst:.0f}% of one core during a measurement",
+          flush=True)
 
 
 def main() -> None:
@@ -496,7 +574,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per warm row")
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--slow-starts", type=int, default=3, help="5 s cold starts under warm load (0: skip)")
-    parser.add_argument("--during-clients", type=int, default=32)
+    parser.add_argument("--during-clients", type=int, default=32, help="clients of the paced rows and "
+                        "of the rows during a cold start")
+    parser.add_argument("--rates", type=float, nargs="*", default=[320.0, 800.0],
+                        help="total requests/s of the paced (open-loop) rows")
     parser.add_argument("--skip-real", action="store_true", help="only the fake-worker phase")
     parser.add_argument("--web-concurrency", type=int, help="WEB_CONCURRENCY for the manager's gunicorn")
     parser.add_argument("--threads", type=int, help="GUNICORN_THREADS for the manager's gunicorn")

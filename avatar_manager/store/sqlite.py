@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +33,9 @@ class SqliteStore(Store):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Writers of this process queue here rather than in SQLite's busy handler, which sleeps
+        # up to 100 ms between tries; other processes still wait in the busy handler.
+        self._writer = threading.Lock()
         with self._tx() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
@@ -52,14 +55,15 @@ class SqliteStore(Store):
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         try:
             db = self._connection()
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            with self._writer if write else nullcontext():
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
 
@@ -86,8 +90,16 @@ class SqliteStore(Store):
             db.execute("SELECT 1").fetchone()
 
     def join(self, avatar: str, now: float) -> Instance | None:
-        with self._tx() as db:
-            return self._join(db, avatar)
+        # One autocommit statement: SQLite holds its write lock only inside one sqlite3_step (with
+        # the GIL released), not across Python steps while other writers sleep in its busy handler.
+        try:
+            with self._writer:
+                cur = self._connection().execute(
+                    f"UPDATE instances SET connections = connections + 1, idle_since = 0 "
+                    f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (avatar,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        return self.get(avatar) if cur.rowcount else None
 
     def _join(self, db: sqlite3.Connection, avatar: str) -> Instance | None:
         cur = db.execute(f"UPDATE instances SET connections = connections + 1, idle_since = 0 "
