@@ -1,8 +1,11 @@
-"""What every benchmark script needs: a free port, and waiting for a server to answer."""
+"""What every benchmark script (and the tests' manager helper) needs: free ports, and waiting
+for a server to answer."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
+from pathlib import Path
 
 import aiohttp
 
@@ -11,6 +14,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_block(width: int) -> int:
+    """The first of `width` consecutive ports free now, below the kernel's range for outgoing
+    connections: one of those could take a worker's port between its lease and its bind."""
+    for _ in range(200):
+        base = random.randrange(10000, _ephemeral_low() - width)
+        if all(_free(p) for p in range(base, base + width)):
+            return base
+    raise RuntimeError(f"no block of {width} free ports")
 
 
 async def wait_healthy(url: str, path: str = "/health", timeout: float = 20.0) -> None:

@@ -51,6 +51,9 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port_block  # noqa: E402
 TIMEOUT = 120.0          # one request, cold starts included
 WARMUP = 0.5             # seconds of load discarded before a warm measurement
 POLL = 0.05
@@ -142,32 +145,6 @@ def call(port: int, method: str, path: str, body: dict | None = None) -> tuple[i
 
 
 # --- the manager -------------------------------------------------------------------------------
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port_block(width: int) -> int:
-    """`width` consecutive free ports below the kernel's range for outgoing connections: the
-    bench opens thousands of those, and one must not take a worker's port before it binds."""
-    for _ in range(200):
-        base = random.randrange(10000, _ephemeral_low() - width)
-        if all(_free(p) for p in range(base, base + width)):
-            return base
-    raise RuntimeError(f"no block of {width} free ports")
-
 
 class Manager:
     """`python -m avatar_manager` in a session of its own; stop() SIGTERMs it (it stops its

@@ -155,3 +155,15 @@ def manager(tmp_path):
     yield start
     for m in started:
         m.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_env(request) -> dict[str, str]:
+    """The manager's environment for each store: SQLite (the default), then a flushed real Redis."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return {"REDIS_URL": url}

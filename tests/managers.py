@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,33 +13,21 @@ from pathlib import Path
 import psutil
 import requests
 
+from bench.common import free_port_block
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port_block(width: int) -> int:
-    """The first port of `width` consecutive ports that are free now, below the kernel's range for
-    outgoing connections (which could otherwise take a port between its lease and its bind)."""
-    for _ in range(200):
-        base = random.randrange(10000, _ephemeral_low() - width)
-        if all(_free(p) for p in range(base, base + width)):
-            return base
-    raise RuntimeError(f"no block of {width} free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def wait_for(check, timeout: float = 20.0, what: str = "a condition"):
+    """Poll check() until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def make_avatar(data_dir: Path, name: str, source: Path | None = None, **config) -> Path:

@@ -5,19 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-import redis
 import requests
+from managers import free_port_block, wait_for
 
 from avatar_manager import gpus
-from avatar_manager.ports import is_free
 from avatar_manager.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,25 +128,11 @@ def test_memory_is_read_again_on_every_call(nvml, tmp_path):
 
 # --- a real manager, its workers and /status -----------------------------------------------------
 
-def avatar_port_block(width: int) -> int:
-    """A free block of avatar ports below the kernel's ephemeral range, where no outgoing
-    connection can take one before the worker binds it."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(200):
-        base = random.randrange(10000, low - width)
-        if all(is_free(p) for p in range(base, base + width)):
-            return base
-    raise RuntimeError(f"no block of {width} free ports below {low}")
-
-
 def nvml_env(world: dict | Path, **env) -> dict[str, str]:
     """The manager's environment: the fake pynvml first on its path, the fault-injection worker."""
     path = os.pathsep.join([str(FAKE_NVML_DIR), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
     return {"PYTHONPATH": path, "WORKER_MODULE": "tests.fake_worker", "MAX_AVATARS": "4",
-            "AVATAR_BASE_PORT": str(avatar_port_block(4)),
+            "AVATAR_BASE_PORT": str(free_port_block(4)),
             "FAKE_NVML": str(world) if isinstance(world, Path) else json.dumps(world), **env}
 
 
@@ -256,28 +239,6 @@ def test_a_full_gpu_puts_puppet_on_the_cpu_and_refuses_musetalk(manager):
     assert instance["gpu"] == -1
     assert worker_cuda(instance) == ""
     assert [i["real_avatar_name"] for i in m.get("/avatar/list").json()["data"]] == ["light"]
-
-
-def wait_for(predicate, timeout: float = 20, what: str = "a condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_env(request) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return {"REDIS_URL": url}
 
 
 def test_concurrent_cold_starts_land_on_different_gpus(manager, store_env):

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +16,11 @@ import psutil
 import pytest
 import redis
 import requests
+from conftest import free_port
+from managers import ROOT, Manager, make_avatar, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
-from managers import ROOT, Manager, make_avatar
+from avatar_manager.ports import is_free
 
 FAKE = "tests.fake_worker"
 WORKER_MODULES = ("tests.fake_worker", "lipsync_worker")
@@ -29,18 +28,6 @@ BAD_NAMES = ["a/b", "..", "a b", "a;b", "$(id)", "`x`", "a|b", "x" * 65]
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def wait_for(check, timeout: float = 15.0, what: str = "a condition"):
-    """Poll check() until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
 
 def ok(response: requests.Response):
     """A 200 with the success envelope; its data."""
@@ -107,13 +94,7 @@ def port_free(port: int) -> bool:
         return False
     except requests.ConnectionError:
         pass
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
+    return is_free(port)
 
 
 def gone(pid: int) -> bool:

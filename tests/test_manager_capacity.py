@@ -8,50 +8,22 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
-import redis
 import requests
+from managers import free_port_block, make_avatar
 
 from avatar_manager.instances import State
 from avatar_manager.pool import Pool, StartFailed
 from avatar_manager.ports import is_free
 from avatar_manager.settings import Settings
 from avatar_manager.store.sqlite import SqliteStore
-from managers import make_avatar
 
 MAX_AVATARS = 5
 AVATARS = [f"crowd{i:02d}" for i in range(50)]
 REQUESTS = 1000
 CLIENT_THREADS = 100
-
-
-def avatar_port_block(width: int) -> int:
-    """A free block of avatar ports below the kernel's ephemeral range: a port in that range can
-    be taken at any moment by an outgoing connection (this test makes over a thousand), and then
-    the worker cannot bind it. (managers.free_port_block draws from 20000-60000.)"""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(200):
-        base = random.randrange(10000, low - width)
-        if all(is_free(p) for p in range(base, base + width)):
-            return base
-    raise RuntimeError(f"no block of {width} free ports below {low}")
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_env(request) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return {"REDIS_URL": url}
 
 
 def cmdline(process: psutil.Process) -> list[str]:
@@ -98,7 +70,7 @@ def fire(url: str, bodies: list[dict]) -> list[tuple[dict, int | None, object]]:
 
 def test_1000_concurrent_starts_for_50_avatars_run_exactly_max_avatars(manager, store_env):
     m = manager(WEB_CONCURRENCY="4", MAX_AVATARS=str(MAX_AVATARS), WORKER_MODULE="tests.fake_worker",
-                AVATAR_BASE_PORT=str(avatar_port_block(MAX_AVATARS)), IDLE_TIMEOUT="300", **store_env)
+                AVATAR_BASE_PORT=str(free_port_block(MAX_AVATARS)), IDLE_TIMEOUT="300", **store_env)
     # /ready answers once one gunicorn worker serves; all 4 take part in the storm.
     deadline = time.monotonic() + 30
     while len(api := [p for p in m.tree() if "gunicorn" in " ".join(cmdline(p))]) < 1 + 4:

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import psutil
 import requests
 
-from managers import Manager
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from managers import Manager, wait_for
 
 
 def info(m: Manager, name: str) -> dict | None:
