@@ -22,6 +22,25 @@ class State(str, Enum):
     FAILED = "FAILED"
 
 
+# Every move between states; a record may also stay in its state while its fields change.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.BACKOFF, State.FAILED}),
+    State.RUNNING: frozenset({State.STOPPING, State.EXITED}),
+    State.STOPPING: frozenset({State.STOPPED, State.STARTING}),  # STARTING: a restart
+    State.STOPPED: frozenset(),
+    State.EXITED: frozenset({State.BACKOFF, State.FAILED, State.STOPPING}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPING}),
+    State.FAILED: frozenset({State.STOPPING}),
+}
+
+
+def check_transition(sources, to: State) -> None:
+    """ValueError unless every state in `sources` may move to `to`."""
+    illegal = [s.value for s in sources if s != to and to not in TRANSITIONS[s]]
+    if illegal:
+        raise ValueError(f"no transition from {', '.join(sorted(illegal))} to {to.value}")
+
+
 # A start joins an instance in these states; it waits for STOPPING to finish, and replaces the rest.
 JOINABLE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
 # These hold a port (and count against MAX_AVATARS).
@@ -47,6 +66,8 @@ class Instance:
     restart: bool = False     # STOPPING on the way to STARTING again
     failures: int = 0         # crashes and failed restarts since it last stayed up
     retry_at: float = 0.0     # BACKOFF ends
+    sessions: int = 0         # live WebRTC sessions, as the worker's /health last said
+    active_at: float = 0.0    # the last join, or the last health check that saw a live session
 
     def to_record(self) -> dict[str, str]:
         """Flat strings, for Redis hashes."""
@@ -86,5 +107,6 @@ class Instance:
             "uptime_seconds": round(now - self.ready_at, 1) if self.ready_at else 0.0,
             "webrtc_url": f"http://{host}:{self.port}/offer" if self.port else None,
             "connections": self.connections,
+            "sessions": self.sessions,
             "error": self.error or None,
         }

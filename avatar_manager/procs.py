@@ -50,10 +50,10 @@ def get_json(url: str, timeout: float) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def answers_with_token(port: int, token: str, timeout: float = 1.0) -> bool:
-    """Readiness: the worker's own /health names this instance's token (not merely a listener)."""
+def worker_health(port: int, token: str, timeout: float = 1.0) -> dict | None:
+    """The worker's /health, if it names this instance's token (not merely a listener)."""
     body = get_json(f"http://127.0.0.1:{port}/health", timeout)
-    return body is not None and body.get("instance_token") == token
+    return body if body is not None and body.get("instance_token") == token else None
 
 
 def start_time(pid: int) -> float:

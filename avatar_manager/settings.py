@@ -57,6 +57,7 @@ class Settings:
     health_check_interval: float
     startup_timeout: float       # seconds a worker has to answer /health with its token
     stop_timeout: float          # grace between SIGTERM and SIGKILL
+    stale_timeout: float         # connections with no live session this long were forgotten
     api_token: str | None
     cors_origins: list[str]
     max_body_bytes: int
@@ -87,6 +88,7 @@ class Settings:
             health_check_interval=number(env, "HEALTH_CHECK_INTERVAL", 5.0, 0.1),
             startup_timeout=number(env, "STARTUP_TIMEOUT", 60.0, 1.0),
             stop_timeout=number(env, "STOP_TIMEOUT", 10.0, 0.1),
+            stale_timeout=number(env, "STALE_CONNECTION_TIMEOUT", 900.0, 1.0),
             api_token=env.get("API_TOKEN") or None,
             cors_origins=[o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
             max_body_bytes=number(env, "MAX_JSON_BYTES", 64 * 1024, 256, int),

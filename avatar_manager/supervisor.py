@@ -247,7 +247,7 @@ class Supervisor:
                 return self._start_failed(instance, proc, f"the worker exited with code {proc.returncode} "
                                                          f"while starting; its log ({path}) ends:\n"
                                                          f"{procs.log_tail(path)}")
-            if procs.answers_with_token(instance.port, instance.token, timeout=0.5):
+            if procs.worker_health(instance.port, instance.token, timeout=0.5):
                 break
             if time.monotonic() >= deadline:
                 return self._start_failed(instance, proc, f"the worker did not answer /health within "
@@ -287,8 +287,10 @@ class Supervisor:
     def probe(self, instance: Instance) -> None:
         """A worker that misses HEALTH_MISSES health checks in a row is hung: kill it, restart it."""
         timeout = min(2.0, self.settings.health_check_interval)
-        if procs.answers_with_token(instance.port, instance.token, timeout=timeout):
+        health = procs.worker_health(instance.port, instance.token, timeout=timeout)
+        if health is not None:
             self.misses.pop(instance.avatar, None)
+            self._reconcile(instance, int(health.get("sessions", 0)))
             return
         misses = self.misses[instance.avatar] = self.misses.get(instance.avatar, 0) + 1
         log.warning("%s: missed health check %d of %d", instance.avatar, misses, HEALTH_MISSES)
@@ -301,6 +303,24 @@ class Supervisor:
             procs.kill_tree(child, self.settings.stop_timeout)
         ports.wait_free(instance.port, self.settings.stop_timeout)
         self._crashed(instance, f"the worker stopped answering /health ({HEALTH_MISSES} checks missed)")
+
+    def _reconcile(self, instance: Instance, sessions: int) -> None:
+        """The worker's count of live WebRTC sessions is ground truth; `connections` is what the
+        backend declared. An instance with sessions is never idle. Connections that no session has
+        backed for STALE_CONNECTION_TIMEOUT were forgotten (a backend that never disconnected):
+        they are dropped, and the instance idles out like any other."""
+        instance = self.store.get(instance.avatar) or instance  # a join may have come in since
+        now = time.time()
+        changes: dict = {"sessions": sessions}
+        if sessions:
+            changes["active_at"] = now
+        elif (instance.connections and instance.sessions == 0
+              and now - max(instance.active_at, instance.ready_at) >= self.settings.stale_timeout):
+            log.warning("%s: %d connection(s) but no live session for %.0f s; treating them as gone",
+                        instance.avatar, instance.connections, now - max(instance.active_at, instance.ready_at))
+            changes.update(connections=0, idle_since=now)
+        if sessions != instance.sessions or len(changes) > 1:
+            self.store.transition(instance.avatar, {State.RUNNING}, State.RUNNING, **changes)
 
     def stop(self, instance: Instance) -> None:
         """Kill the worker's whole tree, wait for its port to be free, then drop the record (or
@@ -344,7 +364,7 @@ class Supervisor:
             if instance.state not in (State.RUNNING, State.STARTING) or not instance.pid:
                 continue
             proc = self._find(instance)
-            if proc is not None and procs.answers_with_token(instance.port, instance.token):
+            if proc is not None and procs.worker_health(instance.port, instance.token):
                 with self.lock:
                     self.children[instance.avatar] = proc
                 if instance.state == State.STARTING:
@@ -390,7 +410,8 @@ class Supervisor:
         if self.leader:  # the leader owned every instance: none runs any more
             try:
                 for instance in self.store.list():
-                    self.store.transition(instance.avatar, set(State), State.STOPPED, pid=0)
+                    self.store.transition(instance.avatar, set(State) - {State.STOPPED}, State.STOPPING)
+                    self.store.transition(instance.avatar, {State.STOPPING}, State.STOPPED, pid=0)
                     self.store.remove(instance.avatar, State.STOPPED)
             except StoreError as exc:
                 log.error("cannot clear the instances from the store: %s", exc)

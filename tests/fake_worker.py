@@ -10,7 +10,8 @@ misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
   ignore_term      ignore SIGTERM
   fork:N           start N grandchildren that sleep
   slow:S           wait S seconds before listening
-/health also reports its argv and CUDA_VISIBLE_DEVICES, so tests can check how it was started.
+/health also reports its argv and CUDA_VISIBLE_DEVICES, so tests can check how it was started, and
+"sessions" from config.json (live WebRTC sessions, as the real worker counts them; default 0).
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def main() -> None:
 
     health = json.dumps({"status": "ok", "instance_token": token, "pid": os.getpid(), "avatar": args.avatar_id,
                          "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                         "children": [c.pid for c in children], "sessions": 0}).encode()
+                         "children": [c.pid for c in children],
+                         "sessions": int(config.get("sessions", 0))}).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import psutil
 import requests
@@ -74,3 +75,25 @@ def test_after_the_manager_is_killed_a_new_one_adopts_the_live_workers(manager, 
     assert joined["pid"] == first["pid"] and joined["connections"] == 2
     assert again.post("/avatar/stop", {"avatar_id": "keep"}).status_code == 200
     assert not psutil.pid_exists(first["pid"])
+
+
+def test_connections_no_session_backs_are_dropped_after_the_stale_timeout(manager):
+    """A backend that never disconnects must not pin an instance: the worker reports no live
+    WebRTC session, so after STALE_CONNECTION_TIMEOUT its connections count as gone."""
+    m = manager(WORKER_MODULE="tests.fake_worker", HEALTH_CHECK_INTERVAL="0.2", STALE_CONNECTION_TIMEOUT="1",
+                IDLE_TIMEOUT="1")
+    m.avatar("forgotten")
+    first = m.start_avatar("forgotten_user_1").json()["data"]
+    m.start_avatar("forgotten_user_2")
+    wait_for(lambda: info(m, "forgotten") is None, timeout=30, what="the forgotten instance to be reaped")
+    assert not psutil.pid_exists(first["pid"])
+
+
+def test_an_instance_with_a_live_session_is_never_idle(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker", HEALTH_CHECK_INTERVAL="0.2", IDLE_TIMEOUT="0.5")
+    m.avatar("watched", sessions=1)
+    m.start_avatar("watched")
+    wait_for(lambda: (i := info(m, "watched")) and i["sessions"] == 1, what="the worker's session count")
+    assert m.post("/avatar/disconnect", {"avatar_name": "watched"}).json()["data"]["connections"] == 0
+    time.sleep(2)  # four idle timeouts
+    assert info(m, "watched")["state"] == "RUNNING"

@@ -69,10 +69,10 @@ def test_a_second_claim_joins(store):
 def test_join_counts_a_connection_on_joinable_states_only(store):
     store.claim(claim("alice"))
     for state in (State.RUNNING, State.BACKOFF):
-        store.transition("alice", {State.STARTING, State.RUNNING}, state)
+        store._transition("alice", {State.STARTING, State.RUNNING}, state)
         assert store.join("alice", NOW).state == state
     assert store.get("alice").connections == 3
-    store.transition("alice", {State.BACKOFF}, State.EXITED)
+    store._transition("alice", {State.BACKOFF}, State.EXITED)
     assert store.join("alice", NOW) is None
     assert store.get("alice").connections == 3
 
@@ -83,7 +83,7 @@ def test_capacity_is_max_instances(store):
     with pytest.raises(CapacityError, match="all MAX_AVATARS=3 instances are in use"):
         store.claim(claim("d", max_instances=3))
     assert store.claim(claim("a", max_instances=3))[1] is False  # joining needs no room
-    store.transition("b", {State.STARTING}, State.STOPPED)  # STOPPED holds no port
+    store._transition("b", {State.STARTING}, State.STOPPED)  # STOPPED holds no port
     assert store.claim(claim("d", max_instances=3))[0].port == 9001
 
 
@@ -94,7 +94,7 @@ def test_ports_skip_held_ones_and_come_from_the_candidates(store):
     with pytest.raises(CapacityError, match="no free port"):
         store.claim(claim("d", ports=[9000, 9002, 9003]))
     assert store.claim(claim("d", ports=[9000, 9002, 9003, 7777]))[0].port == 7777
-    store.transition("a", {State.STARTING}, State.FAILED)  # FAILED frees its port
+    store._transition("a", {State.STARTING}, State.FAILED)  # FAILED frees its port
     assert store.claim(claim("e"))[0].port == 9000
 
 
@@ -111,7 +111,7 @@ def test_busy_while_stopping(store):
 def test_a_dead_record_is_replaced(store, state):
     store.claim(claim("b"))
     old, _ = store.claim(claim("alice"))
-    store.transition("alice", {State.STARTING}, state, error="boom", pid=42, restart=True)
+    store._transition("alice", {State.STARTING}, state, error="boom", pid=42, restart=True)
     # The EXITED record's own port is free for its replacement; MAX counts other avatars only.
     new, created = store.claim(claim("alice", instance_id="new_id", now=NOW + 10, max_instances=2))
     assert created
@@ -172,7 +172,7 @@ def test_gpu_placement_follows_place_on_gpu(store):
         instance, _ = store.claim(c)
         assert (instance.gpu, instance.reserved_mb) == (expected, c.min_free_mb if expected >= 0 else 0)
         if rng.random() < 0.4:
-            store.transition(c.avatar, {State.STARTING}, rng.choice([State.RUNNING, State.FAILED]))
+            store._transition(c.avatar, {State.STARTING}, rng.choice([State.RUNNING, State.FAILED]))
 
 
 def test_get_by_name_or_instance_id(store):
@@ -242,7 +242,7 @@ def test_remove_only_in_the_given_state(store):
     store.claim(claim("alice"))
     assert not store.remove("alice", State.STOPPED)
     assert store.get("alice") is not None
-    store.transition("alice", {State.STARTING}, State.STOPPED)
+    store._transition("alice", {State.STARTING}, State.STOPPED)
     assert store.remove("alice", State.STOPPED)
     assert store.get("alice") is None and store.list() == []
     assert not store.remove("alice", State.STOPPED)
@@ -338,3 +338,10 @@ def test_disconnect_with_a_token_leaves_a_later_instance_alone(store):
     kept = store.disconnect("alice", NOW + 1, token="token_of_an_earlier_instance")
     assert kept.connections == 2 and kept.idle_since == 0
     assert store.disconnect("alice", NOW + 1, token="token_alice").connections == 1
+
+
+def test_a_move_outside_the_lifecycle_table_is_refused_and_changes_nothing(store):
+    store.claim(claim("alice"))
+    with pytest.raises(ValueError, match="no transition from STARTING to STOPPED"):
+        store.transition("alice", {State.STARTING}, State.STOPPED)
+    assert store.get("alice").state == State.STARTING

@@ -8,7 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from ..instances import Instance, State
+from ..instances import Instance, State, check_transition
 
 
 class StoreError(Exception):
@@ -62,7 +62,7 @@ class Store(ABC):
 
     @abstractmethod
     def join(self, avatar: str, now: float) -> Instance | None:
-        """Connections + 1 on the avatar's joinable instance; None when there is none."""
+        """Connections + 1 (and active_at = now) on the avatar's joinable instance; None if none."""
 
     @abstractmethod
     def claim(self, claim: Claim) -> tuple[Instance, bool]:
@@ -82,14 +82,22 @@ class Store(ABC):
         """Connections - 1 (not below 0); idle_since = now when it reaches 0. NotFound if absent.
         With a token: only while the record is still that instance (else returned unchanged)."""
 
-    @abstractmethod
     def transition(self, avatar: str, allowed: frozenset[State] | set[State], to: State,
                    **changes) -> Instance | None:
-        """Move to `to` and apply `changes` only if the state is one of `allowed`; None otherwise."""
+        """Move to `to` and apply `changes` only if the state is one of `allowed`; None otherwise.
+        Every move is checked against instances.TRANSITIONS, the one table of the lifecycle."""
+        check_transition(allowed, to)
+        return self._transition(avatar, allowed, to, **changes)
+
+    @abstractmethod
+    def _transition(self, avatar: str, allowed: frozenset[State] | set[State], to: State,
+                    **changes) -> Instance | None:
+        """transition() as one atomic compare-and-set, unchecked."""
 
     @abstractmethod
     def stop_if_idle(self, avatar: str, idle_before: float) -> bool:
-        """RUNNING with no connections since idle_before or earlier -> STOPPING, atomically."""
+        """RUNNING with no connections since idle_before or earlier, and no live session as the
+        worker last said -> STOPPING, atomically."""
 
     @abstractmethod
     def remove(self, avatar: str, state: State) -> bool:

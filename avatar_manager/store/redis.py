@@ -52,11 +52,11 @@ local function find(k)
   return best
 end
 
-local function join(avatar)
+local function join(avatar, now)
   local state = redis.call('HGET', key(avatar), 'state')
   if not (state and JOINABLE[state]) then return false end
   redis.call('HINCRBY', key(avatar), 'connections', 1)
-  redis.call('HSET', key(avatar), 'idle_since', '0.0')
+  redis.call('HSET', key(avatar), 'idle_since', '0.0', 'active_at', now)
   return redis.call('HGETALL', key(avatar))
 end
 """
@@ -75,7 +75,7 @@ end
 return records
 """
 
-_JOIN = "return join(ARGV[2])"
+_JOIN = "return join(ARGV[2], ARGV[3])"
 
 # ARGV: prefix, avatar, the new record (JSON; the script fills port, gpu and reserved_mb),
 # max_instances, ports (JSON), gpus (JSON [[index, free MB], ...]), min_free_mb, gpu_required (1/0).
@@ -84,7 +84,7 @@ local avatar, record = ARGV[2], cjson.decode(ARGV[3])
 local max_instances, ports, gpus = tonumber(ARGV[4]), cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
 local min_free, gpu_required = tonumber(ARGV[7]), ARGV[8] == '1'
 
-local joined = join(avatar)
+local joined = join(avatar, record.created)
 if joined then return {0, joined} end
 if redis.call('HGET', key(avatar), 'state') == 'STOPPING' then
   return redis.error_reply('BUSY:' .. avatar)
@@ -164,8 +164,9 @@ return false
 """
 
 _STOP_IF_IDLE = """
-local state, connections, idle = unpack(redis.call('HMGET', key(ARGV[2]), 'state', 'connections', 'idle_since'))
-if state ~= 'RUNNING' or tonumber(connections) ~= 0 then return 0 end
+local state, connections, sessions, idle = unpack(redis.call('HMGET', key(ARGV[2]), 'state', 'connections',
+                                                             'sessions', 'idle_since'))
+if state ~= 'RUNNING' or tonumber(connections) ~= 0 or tonumber(sessions) ~= 0 then return 0 end
 idle = tonumber(idle)
 if idle > 0 and idle <= tonumber(ARGV[3]) then
   redis.call('HSET', key(ARGV[2]), 'state', 'STOPPING')
@@ -229,7 +230,7 @@ class RedisStore(Store):
         script = self._redis.register_script
         self._get, self._list, self._join = script(_LIB + _GET), script(_LIB + _LIST), script(_LIB + _JOIN)
         self._claim, self._disconnect = script(_LIB + _CLAIM), script(_LIB + _DISCONNECT)
-        self._transition, self._stop_if_idle = script(_LIB + _TRANSITION), script(_LIB + _STOP_IF_IDLE)
+        self._cas, self._stop_if_idle = script(_LIB + _TRANSITION), script(_LIB + _STOP_IF_IDLE)
         self._remove = script(_LIB + _REMOVE)
         self._take_lease, self._drop_lease = script(_TAKE_LEASE), script(_DROP_LEASE)
 
@@ -256,13 +257,13 @@ class RedisStore(Store):
             self._redis.ping()
 
     def join(self, avatar: str, now: float) -> Instance | None:
-        flat = self._instances(self._join, avatar)
+        flat = self._instances(self._join, avatar, repr(float(now)))
         return _instance(flat) if flat else None
 
     def claim(self, claim: Claim) -> tuple[Instance, bool]:
         record = Instance(avatar=claim.avatar, instance_id=claim.instance_id, state=State.STARTING,
                           port=0, gpu=-1, reserved_mb=0, token=claim.token, connections=1,
-                          created=claim.now).to_record()
+                          created=claim.now, active_at=claim.now).to_record()
         created, flat = self._instances(
             self._claim, claim.avatar, json.dumps(record), int(claim.max_instances),
             json.dumps([int(p) for p in claim.ports]), json.dumps([[int(i), int(f)] for i, f in claim.gpus]),
@@ -283,13 +284,13 @@ class RedisStore(Store):
             raise NotFound(key)
         return _instance(flat)
 
-    def transition(self, avatar: str, allowed: frozenset[State] | set[State], to: State,
+    def _transition(self, avatar: str, allowed: frozenset[State] | set[State], to: State,
                    **changes: object) -> Instance | None:
         unknown = set(changes) - _FIELDS
         if unknown:  # SqliteStore fails the same way ("no such column"), changing nothing
             raise StoreError(f"Redis store {self.url}: no such field {', '.join(sorted(unknown))}")
         pairs = [part for name, value in changes.items() for part in (name, _value(value))]
-        flat = self._instances(self._transition, avatar, json.dumps([State(s).value for s in allowed]),
+        flat = self._instances(self._cas, avatar, json.dumps([State(s).value for s in allowed]),
                                State(to).value, *pairs)
         return _instance(flat) if flat else None
 

@@ -95,20 +95,20 @@ class SqliteStore(Store):
         try:
             with self._writer:
                 cur = self._connection().execute(
-                    f"UPDATE instances SET connections = connections + 1, idle_since = 0 "
-                    f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (avatar,))
+                    f"UPDATE instances SET connections = connections + 1, idle_since = 0, active_at = ? "
+                    f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (now, avatar))
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         return self.get(avatar) if cur.rowcount else None
 
-    def _join(self, db: sqlite3.Connection, avatar: str) -> Instance | None:
-        cur = db.execute(f"UPDATE instances SET connections = connections + 1, idle_since = 0 "
-                         f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (avatar,))
+    def _join(self, db: sqlite3.Connection, avatar: str, now: float) -> Instance | None:
+        cur = db.execute(f"UPDATE instances SET connections = connections + 1, idle_since = 0, active_at = ? "
+                         f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (now, avatar))
         return self._row(db, avatar) if cur.rowcount else None
 
     def claim(self, claim: Claim) -> tuple[Instance, bool]:
         with self._tx() as db:
-            joined = self._join(db, claim.avatar)
+            joined = self._join(db, claim.avatar, claim.now)
             if joined:
                 return joined, False
             old = db.execute("SELECT state FROM instances WHERE avatar = ?", (claim.avatar,)).fetchone()
@@ -129,7 +129,7 @@ class SqliteStore(Store):
             gpu = place_on_gpu(claim, reserved)
             instance = Instance(avatar=claim.avatar, instance_id=claim.instance_id, state=State.STARTING,
                                 port=port, gpu=gpu, reserved_mb=claim.min_free_mb if gpu >= 0 else 0,
-                                token=claim.token, connections=1, created=claim.now)
+                                token=claim.token, connections=1, created=claim.now, active_at=claim.now)
             record = instance.to_record()
             db.execute(f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) "
                        f"VALUES ({', '.join('?' * len(_COLUMNS))})", [record[c] for c in _COLUMNS])
@@ -156,7 +156,7 @@ class SqliteStore(Store):
             self._update(db, instance.avatar, {"connections": connections, "idle_since": idle_since})
             return self._row(db, instance.avatar)
 
-    def transition(self, avatar, allowed, to, **changes) -> Instance | None:
+    def _transition(self, avatar, allowed, to, **changes) -> Instance | None:
         with self._tx() as db:
             cur = db.execute(f"UPDATE instances SET state = ? WHERE avatar = ? AND state IN ({_in(allowed)})",
                              (State(to).value, avatar))
@@ -168,7 +168,7 @@ class SqliteStore(Store):
     def stop_if_idle(self, avatar: str, idle_before: float) -> bool:
         with self._tx() as db:
             cur = db.execute("UPDATE instances SET state = ? WHERE avatar = ? AND state = ? AND connections = 0 "
-                             "AND idle_since > 0 AND idle_since <= ?",
+                             "AND sessions = 0 AND idle_since > 0 AND idle_since <= ?",
                              (State.STOPPING.value, avatar, State.RUNNING.value, idle_before))
             return bool(cur.rowcount)
 
