@@ -280,11 +280,10 @@ def _held_by(port: int, holders: dict[int, str]) -> str:
 
 
 def check_ports(ctx: Context) -> list[Finding]:
-    from ports_config import TTS_PORTS
     from .instances import HOLDS_PORT
     from .ports import is_free
     from .procs import get_json
-    from .tts import TABLE, serving
+    from .tts import serving, table
     s = ctx.settings
     holders = _listeners()
     found = []
@@ -317,11 +316,11 @@ def check_ports(ctx: Context) -> list[Finding]:
         else:
             found.append(warn(what, "the manager skips them; free them or move AVATAR_BASE_PORT"))
 
-    for model in TABLE.values():
+    for model in table(s.tts_ports).values():
         if model.port in s.ports or model.port == s.port:
             found.append(warn(f"TTS port {model.port} ({model.name}) lies in the manager's ports",
                               "move AVATAR_BASE_PORT or AVATAR_MANAGER_PORT away from the TTS ports "
-                              f"({', '.join(map(str, sorted(TTS_PORTS.values())))})"))
+                              f"({', '.join(map(str, sorted(s.tts_ports.values())))})"))
         elif is_free(model.port):
             found.append(ok(f"TTS port {model.port} ({model.name}) free"))
         elif serving(model, timeout=PROBE_TIMEOUT / 2):

@@ -56,6 +56,31 @@ def worker_health(port: int, token: str, timeout: float = 1.0) -> dict | None:
     return body if body is not None and body.get("instance_token") == token else None
 
 
+def alive(proc: subprocess.Popen | psutil.Process) -> bool:
+    """Still running (a child of ours that exited is reaped here)."""
+    if isinstance(proc, subprocess.Popen):
+        return proc.poll() is None
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def exit_code(proc: subprocess.Popen | psutil.Process) -> str:
+    return str(proc.returncode) if isinstance(proc, subprocess.Popen) else "unknown: adopted, not our child"
+
+
+def listener(port: int) -> psutil.Process | None:
+    """The process listening on a TCP port of this host, if we may see it."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid)
+    except psutil.Error:
+        pass
+    return None
+
+
 def start_time(pid: int) -> float:
     """The process's start time (0.0 if it is gone): a pid plus this names one process for good."""
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT
+from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
 from tts_services.settings import ConfigError, number
 
 __all__ = ["ConfigError", "Settings"]
@@ -62,6 +62,7 @@ class Settings:
     cors_origins: list[str]
     max_body_bytes: int
     worker_module: str           # the lip-sync worker program, run as `python -m MODULE`
+    tts_ports: dict[str, int]    # TTS model -> its server's port (TTS_PORT_<MODEL> overrides)
 
     @property
     def ports(self) -> range:
@@ -93,6 +94,7 @@ class Settings:
             cors_origins=[o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
             max_body_bytes=number(env, "MAX_JSON_BYTES", 64 * 1024, 256, int),
             worker_module=env.get("WORKER_MODULE") or "lipsync_worker",
+            tts_ports={name: _port(env, f"TTS_PORT_{name.upper()}", port) for name, port in TTS_PORTS.items()},
         )
         if settings.base_port + settings.max_avatars - 1 > 65535:
             raise ConfigError(f"AVATAR_BASE_PORT={settings.base_port} + MAX_AVATARS={settings.max_avatars} "

@@ -26,7 +26,7 @@ from .logs import pump
 from .metrics import start_observation
 from .settings import Settings
 from .store.base import Store, StoreError
-from .tts import TtsServers
+from .tts import TtsModel, TtsServers, table
 from .workers import avatar_spec, command, log_path
 
 log = logging.getLogger("avatar_manager.supervisor")
@@ -42,19 +42,6 @@ PR_SET_CHILD_SUBREAPER = 36
 Child = subprocess.Popen | psutil.Process
 
 
-def _alive(child: Child) -> bool:
-    if isinstance(child, subprocess.Popen):
-        return child.poll() is None
-    try:
-        return child.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _exit_code(child: Child) -> str:
-    return str(child.returncode) if isinstance(child, subprocess.Popen) else "unknown (adopted process)"
-
-
 def backoff_delay(failures: int) -> float:
     return min(BACKOFF_MAX, 0.5 * 2 ** max(0, failures - 1))
 
@@ -65,10 +52,12 @@ class Supervisor:
         self.store = store
         self.api_argv = api_argv
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.tts = TtsServers(settings.log_dir, settings.startup_timeout, settings.stop_timeout)
+        self.tts = TtsServers(table(settings.tts_ports), settings.log_dir, settings.startup_timeout, settings.stop_timeout)
         self.children: dict[str, Child] = {}
         self.busy: set[str] = set()            # avatars with a step in flight
         self.next_probe: dict[str, float] = {}  # avatar -> when to check its /health again
+        self.tts_restart_at: dict[str, float] = {}  # TTS model -> when to start its dead server again
+        self.tts_failures: dict[str, int] = {}
         self.misses: dict[str, int] = {}
         self.lock = threading.Lock()           # guards children and busy
         self.steps = ThreadPoolExecutor(max_workers=max(4, settings.max_avatars), thread_name_prefix="step")
@@ -124,7 +113,13 @@ class Supervisor:
         self._notice_exits()
         for instance in self.store.list():
             self._step(instance, now)
-        self.tts.reap()
+        for model in self.tts.reap():
+            count = self.tts_failures[model.name] = self.tts_failures.get(model.name, 0) + 1
+            self.tts_restart_at[model.name] = now + backoff_delay(count)
+        for name, due in list(self.tts_restart_at.items()):
+            if now >= due and f"tts:{name}" not in self.busy:
+                del self.tts_restart_at[name]
+                self._submit(f"tts:{name}", self._restart_tts, self.tts.models[name])
         self._reap_strays()
 
     def _step(self, instance: Instance, now: float) -> None:
@@ -151,20 +146,29 @@ class Supervisor:
             self.next_probe[avatar] = now + self.settings.health_check_interval
             self._submit(avatar, self.probe, instance)
 
-    def _submit(self, avatar: str, step, instance: Instance) -> None:
+    def _submit(self, key: str, step, subject) -> None:
+        """Run step(subject) in a thread; nothing else runs for `key` (an avatar) meanwhile."""
         with self.lock:
-            self.busy.add(avatar)
+            self.busy.add(key)
 
         def run() -> None:
             try:
-                step(instance)
+                step(subject)
             except Exception:
-                log.exception("%s: %s failed", avatar, step.__name__)
+                log.exception("%s: %s failed", key, step.__name__)
             finally:
                 with self.lock:
-                    self.busy.discard(avatar)
+                    self.busy.discard(key)
                 self.wakeup.set()
         self.steps.submit(run)
+
+    def _restart_tts(self, model: TtsModel) -> None:
+        problem = self.tts.ensure(model)
+        if problem:
+            log.error("%s", problem)
+            self.tts_restart_at[model.name] = time.time() + backoff_delay(self.tts_failures.get(model.name, 1))
+        else:
+            self.tts_failures.pop(model.name, None)
 
     def _free_dead_lease(self, now: float) -> None:
         """A leader on this host whose process is gone (SIGKILLed) need not be waited out."""
@@ -179,13 +183,13 @@ class Supervisor:
 
     def _notice_exits(self) -> None:
         with self.lock:
-            exited = [(a, c) for a, c in self.children.items() if a not in self.busy and not _alive(c)]
+            exited = [(a, c) for a, c in self.children.items() if a not in self.busy and not procs.alive(c)]
             for avatar, _ in exited:
                 del self.children[avatar]
         for avatar, child in exited:
             instance = self.store.get(avatar)
             if instance and instance.state == State.RUNNING and instance.pid == child.pid:
-                self._crashed(instance, f"the worker exited with code {_exit_code(child)}")
+                self._crashed(instance, f"the worker exited with code {procs.exit_code(child)}")
 
     def _crashed(self, instance: Instance, why: str) -> None:
         tail = procs.log_tail(log_path(self.settings, instance))
@@ -208,7 +212,7 @@ class Supervisor:
 
     def _reap_strays(self) -> None:
         """Reap zombies re-parented to us (grandchildren of killed workers)."""
-        mine = {c.pid for c in self.children.values()} | {p.pid for p in self.tts._procs.values()}
+        mine = {c.pid for c in self.children.values()} | self.tts.pids()
         if self.api is not None:
             mine.add(self.api.pid)
         for child in psutil.Process().children():
@@ -359,7 +363,9 @@ class Supervisor:
     # --- leadership ----------------------------------------------------------------------------
 
     def adopt(self) -> None:
-        """Take over the workers a previous supervisor left running; forget the dead ones."""
+        """Take over the workers and TTS servers a previous supervisor left running; forget the
+        dead ones."""
+        self.tts.adopt()
         for instance in self.store.list():
             if instance.state not in (State.RUNNING, State.STARTING) or not instance.pid:
                 continue

@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ports_config import TTS_PORTS
 from tts_services.models import MODELS, canonical_model
+
+import psutil
 
 from . import procs
 
@@ -35,13 +36,14 @@ class TtsModel:
         return [sys.executable, "-m", "tts_services", "--model", self.name, "--port", str(self.port)]
 
 
-# Normalised model name -> how to run it. Ports from ports_config.py.
-TABLE = {name: TtsModel(name, TTS_PORTS[name]) for name in MODELS}
+def table(ports: dict[str, int]) -> dict[str, TtsModel]:
+    """Normalised model name -> how to run it (ports: Settings.tts_ports)."""
+    return {name: TtsModel(name, ports[name]) for name in MODELS}
 
 
-def model_for(tts_model: str) -> TtsModel:
-    """'edgeTTS', 'GPT-SoVITS', 'TacoTron2', ... -> the table entry; ValueError when unknown."""
-    return TABLE[canonical_model(tts_model)]
+def model_for(models: dict[str, TtsModel], tts_model: str) -> TtsModel:
+    """'edgeTTS', 'GPT-SoVITS', 'TacoTron2', ... -> its entry in `models`; ValueError when unknown."""
+    return models[canonical_model(tts_model)]
 
 
 def serving(model: TtsModel, timeout: float = 1.0) -> bool:
@@ -50,15 +52,17 @@ def serving(model: TtsModel, timeout: float = 1.0) -> bool:
 
 
 class TtsServers:
-    """The TTS servers this supervisor started. A server already answering on the model's port
-    (started by an operator, or by an earlier manager) is used as it is."""
+    """The TTS servers this supervisor owns: those it started, and those an earlier manager
+    started (adopted). A server an operator runs on the model's port is used, not owned."""
 
-    def __init__(self, log_dir: Path, startup_timeout: float, stop_timeout: float) -> None:
+    def __init__(self, models: dict[str, TtsModel], log_dir: Path, startup_timeout: float,
+                 stop_timeout: float) -> None:
+        self.models = models
         self.log_dir = log_dir
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._locks = {name: threading.Lock() for name in TABLE}
+        self._procs: dict[str, subprocess.Popen | psutil.Process] = {}
+        self._locks = {name: threading.Lock() for name in models}
 
     def ensure(self, model: TtsModel) -> str | None:
         """Make sure the model's server answers; None when it does, else why it does not."""
@@ -66,7 +70,7 @@ class TtsServers:
             if serving(model):
                 return None
             proc = self._procs.get(model.name)
-            if proc is not None and proc.poll() is None:
+            if proc is not None and procs.alive(proc):
                 procs.kill_tree(proc, self.stop_timeout)  # ours, but not answering
             log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
             log.info("starting the %s TTS server on port %d", model.name, model.port)
@@ -84,17 +88,37 @@ class TtsServers:
             procs.kill_tree(proc, self.stop_timeout)
             return f"the {model.name} TTS server did not answer within {self.startup_timeout:g} s"
 
-    def reap(self) -> None:
-        """Collect the exit status of servers that died, so none stays a zombie."""
+    def pids(self) -> set[int]:
+        return {p.pid for p in self._procs.values()}
+
+    def reap(self) -> list[TtsModel]:
+        """The servers of ours that died (their exit status collected, so none stays a zombie)."""
+        dead = []
         for name, proc in list(self._procs.items()):
             if not self._locks[name].acquire(blocking=False):
                 continue  # being started or checked right now
             try:
-                if proc.poll() is not None and self._procs.get(name) is proc:
-                    log.warning("the %s TTS server exited with code %s", name, proc.returncode)
+                if not procs.alive(proc) and self._procs.get(name) is proc:
+                    log.warning("the %s TTS server exited (code %s)", name, procs.exit_code(proc))
                     del self._procs[name]
+                    dead.append(self.models[name])
             finally:
                 self._locks[name].release()
+        return dead
+
+    def adopt(self) -> None:
+        """Own the TTS servers an earlier manager of ours left running (it was SIGKILLed)."""
+        for model in self.models.values():
+            proc = procs.listener(model.port)
+            if proc is None or model.name in self._procs:
+                continue
+            try:
+                argv = proc.cmdline()
+            except psutil.Error:
+                continue
+            if argv[1:] == model.argv()[1:] and serving(model):
+                self._procs[model.name] = proc
+                log.info("adopted the %s TTS server (pid %d)", model.name, proc.pid)
 
     def stop_all(self) -> None:
         for name, proc in list(self._procs.items()):

@@ -10,7 +10,7 @@ from lipsync_worker.avatar_config import read_config
 
 from .instances import Instance
 from .settings import Settings
-from .tts import TtsModel, model_for
+from .tts import TtsModel, model_for, table
 
 # Engines that need a GPU; the others run anywhere.
 GPU_ENGINES = frozenset({"musetalk"})
@@ -42,7 +42,8 @@ def avatar_spec(settings: Settings, name: str) -> AvatarSpec:
     except (TypeError, ValueError):
         raise ValueError(f"avatar {name!r}: max_session={config['max_session']!r} must be a positive integer") \
             from None
-    return AvatarSpec(name=name, engine=str(config["avatar_model"]).lower(), tts=model_for(str(config["tts_model"])),
+    tts = model_for(table(settings.tts_ports), str(config["tts_model"]))
+    return AvatarSpec(name=name, engine=str(config["avatar_model"]).lower(), tts=tts,
                       timbre=str(config["timbre"]), transport=str(config["transport"]), max_session=max_session)
 
 

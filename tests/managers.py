@@ -14,6 +14,7 @@ import psutil
 import requests
 
 from bench.common import free_port_block
+from ports_config import TTS_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,10 @@ class Manager:
         self.port = int(env.get("AVATAR_MANAGER_PORT") or free_port_block(1))
         self.max_avatars = int(env.get("MAX_AVATARS", 4))
         self.base_port = int(env.get("AVATAR_BASE_PORT") or free_port_block(self.max_avatars))
-        self.env = {**os.environ, "AVATAR_DATA_DIR": str(self.data_dir), "LOG_DIR": str(self.log_dir),
+        # TTS servers on ports of their own too, so that managers never share one by accident.
+        tts_base = free_port_block(len(TTS_PORTS))
+        tts_ports = {f"TTS_PORT_{name.upper()}": str(tts_base + i) for i, name in enumerate(sorted(TTS_PORTS))}
+        self.env = {**os.environ, **tts_ports, "AVATAR_DATA_DIR": str(self.data_dir), "LOG_DIR": str(self.log_dir),
                     "AVATAR_MANAGER_PORT": str(self.port), "AVATAR_BASE_PORT": str(self.base_port),
                     "MAX_AVATARS": str(self.max_avatars), "STARTUP_TIMEOUT": "20", "STOP_TIMEOUT": "3",
                     **env}
@@ -78,6 +82,14 @@ class Manager:
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"manager not ready within {timeout} s:\n{self.output.read_text()}")
+
+    def same_ports(self) -> dict[str, str]:
+        """The port settings of this manager, for one started in its place."""
+        return {k: v for k, v in self.env.items()
+                if k.startswith("TTS_PORT_") or k in ("AVATAR_MANAGER_PORT", "AVATAR_BASE_PORT")}
+
+    def tts_port(self, model: str) -> int:
+        return int(self.env[f"TTS_PORT_{model.upper()}"])
 
     def avatar(self, name: str, **config) -> Path:
         return make_avatar(self.data_dir, name, **config)

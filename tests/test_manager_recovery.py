@@ -66,8 +66,7 @@ def test_after_the_manager_is_killed_a_new_one_adopts_the_live_workers(manager, 
     assert psutil.pid_exists(first["pid"])
     assert requests.get(f"http://127.0.0.1:{first['port']}/health", timeout=2).status_code == 200
 
-    again = manager(start=False, WORKER_MODULE="tests.fake_worker", AVATAR_MANAGER_PORT=m.port,
-                    AVATAR_BASE_PORT=m.base_port)
+    again = manager(start=False, WORKER_MODULE="tests.fake_worker", **m.same_ports())
     again.start()
     adopted = info(again, "keep")
     assert adopted["state"] == "RUNNING" and adopted["pid"] == first["pid"] and adopted["port"] == first["port"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import psutil
 import requests
 
-from ports_config import TTS_PORTS
+from managers import wait_for
 
 
 def _health(port: int) -> dict | None:
@@ -17,7 +17,7 @@ def _health(port: int) -> dict | None:
 def test_a_worker_gets_its_tts_server_started_and_stopped_with_the_manager(manager):
     m = manager(WORKER_MODULE="tests.fake_worker")
     m.avatar("anna", tts_model="EdgeTTS", timbre="FemaleA")
-    port = TTS_PORTS["edgetts"]
+    port = m.tts_port("edgetts")
     assert _health(port) is None, "something already serves edgetts on its port"
     answer = m.start_avatar("anna_user_1")
     assert answer.status_code == 200, answer.text
@@ -48,3 +48,26 @@ def test_an_unknown_tts_model_is_refused_before_anything_starts(manager):
     assert "unknown TTS model 'festival'" in answer.json()["message"]
     assert m.get("/avatar/list").json()["count"] == 0
     assert not list(m.log_dir.glob("avatar_*.log"))
+
+
+def test_a_dead_tts_server_is_started_again_and_an_orphaned_one_adopted(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    m.avatar("anna")  # espeak, the offline default
+    assert m.start_avatar("anna").status_code == 200
+    port = m.tts_port("espeak")
+    first = next(c for c in m.tree() if "tts_services" in " ".join(c.cmdline()))
+    first.kill()
+    wait_for(lambda: (h := _health(port)) and h["model"] == "espeak"
+             and any("tts_services" in " ".join(c.cmdline()) and c.pid != first.pid for c in m.tree()),
+             what="the TTS server started again")
+
+    # The manager is SIGKILLed: its TTS server and worker live on; the next manager owns them,
+    # so its SIGTERM stops them too.
+    tts = next(c for c in m.tree() if "tts_services" in " ".join(c.cmdline()))
+    m.kill()
+    assert tts.is_running()
+    again = manager(start=False, WORKER_MODULE="tests.fake_worker", **m.same_ports())
+    again.start()
+    assert _health(port)["model"] == "espeak"
+    again.stop()
+    wait_for(lambda: not tts.is_running() or tts.status() == psutil.STATUS_ZOMBIE, what="the adopted server stopped")
