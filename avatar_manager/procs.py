@@ -28,6 +28,17 @@ def _rotate(path: Path) -> None:
         pass
 
 
+# What no child needs: the manager's secrets, and systemd's socket (only we speak to systemd).
+PRIVATE_ENV = ("API_TOKEN", "REDIS_URL", "NOTIFY_SOCKET")
+
+
+def child_env(keep: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+    """Our environment for a child, without PRIVATE_ENV (except `keep`), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV or k in keep}
+    env.update(extra)
+    return env
+
+
 def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start argv (a list, never a shell string) in a new session, so its whole tree is one
     process group to signal, and so a terminal's Ctrl-C is delivered by us, not by the tty."""

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
-from . import ports, procs
+from . import ports, procs, systemd
 from .instances import Instance, State
 from .logs import pump
 from .metrics import start_observation
@@ -64,6 +64,7 @@ class Supervisor:
         self.leader = False
         self.api: subprocess.Popen | None = None
         self.api_started = 0.0
+        self.ready_told = False
         self.signals: list[int] = []
         self.wakeup = threading.Event()
 
@@ -110,6 +111,8 @@ class Supervisor:
         self.leader = leader
         if not leader:
             return
+        if not self.ready_told and self._api_answers():
+            self.ready_told = systemd.notify("READY=1") or True
         self._notice_exits()
         for instance in self.store.list():
             self._step(instance, now)
@@ -394,15 +397,24 @@ class Supervisor:
                 raise SystemExit(f"the API server exited with code {self.api.returncode} at start; "
                                  "see the lines above")
             log.error("the API server exited with code %s; starting it again", self.api.returncode)
-        self.api = subprocess.Popen(self.api_argv, cwd=procs.ROOT, stdin=subprocess.DEVNULL,
+        env = procs.child_env(keep=("API_TOKEN", "REDIS_URL"))
+        self.api = subprocess.Popen(self.api_argv, cwd=procs.ROOT, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         pump(self.api.stdout, "api")
         self.api_started = time.monotonic()
+
+    def _api_answers(self) -> bool:
+        if self.api_argv is None:
+            return True
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.settings.host, self.settings.host)
+        host = f"[{host}]" if ":" in host else host
+        return procs.get_json(f"http://{host}:{self.settings.port}/health", timeout=0.5) is not None
 
     # --- shutdown --------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop every worker and TTS server this supervisor owns, then the API, then let go of the lease."""
+        systemd.notify("STOPPING=1")
         self.steps.shutdown(wait=True, cancel_futures=True)
         with self.lock:
             owned = list(self.children.items())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -74,8 +73,7 @@ class TtsServers:
                 procs.kill_tree(proc, self.stop_timeout)  # ours, but not answering
             log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
             log.info("starting the %s TTS server on port %d", model.name, model.port)
-            env = {k: v for k, v in os.environ.items() if k != "API_TOKEN"}
-            proc = procs.spawn(model.argv(), env, log_path)
+            proc = procs.spawn(model.argv(), procs.child_env(), log_path)
             self._procs[model.name] = proc
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline:

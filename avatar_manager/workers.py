@@ -1,7 +1,6 @@
 """What runs for an avatar: its config.json turned into a worker command line and environment."""
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,13 +8,12 @@ from pathlib import Path
 from lipsync_worker.avatar_config import read_config
 
 from .instances import Instance
+from .procs import child_env
 from .settings import Settings
 from .tts import TtsModel, model_for, table
 
 # Engines that need a GPU; the others run anywhere.
 GPU_ENGINES = frozenset({"musetalk"})
-# The worker's environment leaves out the manager's own secrets.
-_PRIVATE_ENV = ("API_TOKEN", "REDIS_URL")
 
 
 @dataclass(frozen=True)
@@ -57,8 +55,6 @@ def command(settings: Settings, spec: AvatarSpec, instance: Instance) -> tuple[l
             "--transport", spec.transport, "--model", spec.engine, "--avatar_id", spec.name,
             "--max_session", str(spec.max_session), "--listenport", str(instance.port),
             "--tts", spec.tts.name, "--TTS_SERVER", spec.tts.url, "--REF_FILE", spec.timbre]
-    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
-    env.update(INSTANCE_TOKEN=instance.token, AVATAR_DATA_DIR=str(settings.data_dir),
-               CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "",
-               PYTHONUNBUFFERED="1")
+    env = child_env(INSTANCE_TOKEN=instance.token, AVATAR_DATA_DIR=str(settings.data_dir),
+                    CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "", PYTHONUNBUFFERED="1")
     return argv, env
