@@ -100,9 +100,10 @@ def start_time(pid: int) -> float:
         return 0.0
 
 
-def kill_tree(proc: subprocess.Popen | psutil.Process, grace: float) -> None:
-    """SIGTERM to the process group and every descendant, `grace` seconds to exit, SIGKILL to
-    what is left; returns once all of them are gone (a child of ours is reaped)."""
+def kill_tree(proc: subprocess.Popen | psutil.Process, grace: float, leader: bool = True) -> None:
+    """SIGTERM to the process group (`leader`: proc leads one, as spawn() makes it) and every
+    descendant, `grace` seconds to exit, SIGKILL to what is left; returns once all of them are
+    gone (a child of ours is reaped)."""
     pid = proc.pid
     try:
         members = [psutil.Process(pid)]
@@ -110,25 +111,37 @@ def kill_tree(proc: subprocess.Popen | psutil.Process, grace: float) -> None:
     except psutil.NoSuchProcess:
         members = []
     # Descendants that left the group (setsid) are signalled one by one.
-    _signal_all(pid, members, signal.SIGTERM)
+    group = pid if leader else None
+    _signal_all(group, members, signal.SIGTERM)
     gone, alive = psutil.wait_procs(members, timeout=grace)
     if alive:
         log.warning("pid %d: %d process(es) still alive %.1f s after SIGTERM; sending SIGKILL",
                     pid, len(alive), grace)
-        _signal_all(pid, alive, signal.SIGKILL)
+        _signal_all(group, alive, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
     if isinstance(proc, subprocess.Popen):
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             log.error("pid %d did not exit after SIGKILL", pid)
+    if leader:
+        # Members of its group we could not list (it had exited already, so its children were
+        # re-parented away from it) go too.
+        kill_group(pid)
 
 
-def _signal_all(group: int, members: list[psutil.Process], sig: int) -> None:
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process group; by default SIGKILL what is left of a dead session leader's group
+    (the helpers it forked)."""
     try:
-        os.killpg(group, sig)
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal_all(group: int | None, members: list[psutil.Process], sig: int) -> None:
+    if group is not None:
+        kill_group(group, sig)
     for member in members:
         try:
             member.send_signal(sig)

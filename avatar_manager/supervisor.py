@@ -52,7 +52,7 @@ class Supervisor:
         self.store = store
         self.api_argv = api_argv
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.tts = TtsServers(table(settings.tts_ports), settings.log_dir, settings.startup_timeout, settings.stop_timeout)
+        self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir, settings.startup_timeout, settings.stop_timeout)
         self.children: dict[str, Child] = {}
         self.busy: set[str] = set()            # avatars with a step in flight
         self.next_probe: dict[str, float] = {}  # avatar -> when to check its /health again
@@ -190,6 +190,9 @@ class Supervisor:
             for avatar, _ in exited:
                 del self.children[avatar]
         for avatar, child in exited:
+            # What the worker forked (its process group: it led a session of its own) outlives it,
+            # re-parented to us; kill it now, or it keeps the worker's GPU memory, even its port.
+            procs.kill_group(child.pid)
             instance = self.store.get(avatar)
             if instance and instance.state == State.RUNNING and instance.pid == child.pid:
                 self._crashed(instance, f"the worker exited with code {procs.exit_code(child)}")
@@ -435,7 +438,7 @@ class Supervisor:
                 log.error("cannot clear the instances from the store: %s", exc)
         self.tts.stop_all()
         if self.api is not None:
-            procs.kill_tree(self.api, self.settings.stop_timeout)
+            procs.kill_tree(self.api, self.settings.stop_timeout, leader=False)
         try:
             self.store.drop_lease(self.holder)
         except StoreError:

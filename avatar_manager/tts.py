@@ -16,6 +16,7 @@ import psutil
 from . import procs
 
 log = logging.getLogger("avatar_manager.tts")
+OWNER_ENV = "AVATAR_FLEET_OWNER"
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,10 @@ class TtsServers:
     """The TTS servers this supervisor owns: those it started, and those an earlier manager
     started (adopted). A server an operator runs on the model's port is used, not owned."""
 
-    def __init__(self, models: dict[str, TtsModel], log_dir: Path, startup_timeout: float,
+    def __init__(self, models: dict[str, TtsModel], owner: str, log_dir: Path, startup_timeout: float,
                  stop_timeout: float) -> None:
         self.models = models
+        self.owner = owner  # marks our servers (in their environment), so we adopt no one else's
         self.log_dir = log_dir
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -73,7 +75,7 @@ class TtsServers:
                 procs.kill_tree(proc, self.stop_timeout)  # ours, but not answering
             log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
             log.info("starting the %s TTS server on port %d", model.name, model.port)
-            proc = procs.spawn(model.argv(), procs.child_env(), log_path)
+            proc = procs.spawn(model.argv(), procs.child_env(**{OWNER_ENV: self.owner}), log_path)
             self._procs[model.name] = proc
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline:
@@ -111,10 +113,10 @@ class TtsServers:
             if proc is None or model.name in self._procs:
                 continue
             try:
-                argv = proc.cmdline()
+                ours = proc.cmdline()[1:] == model.argv()[1:] and proc.environ().get(OWNER_ENV) == self.owner
             except psutil.Error:
                 continue
-            if argv[1:] == model.argv()[1:] and serving(model):
+            if ours and serving(model):
                 self._procs[model.name] = proc
                 log.info("adopted the %s TTS server (pid %d)", model.name, proc.pid)
 
