@@ -73,6 +73,8 @@ class Supervisor:
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._enqueue_signal)
+        # A child's exit wakes the loop at once, which then collects it (waitpid) and acts.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: self.wakeup.set())
         self._become_subreaper()
         log.info("supervisor %s starting", self.holder)
         try:
