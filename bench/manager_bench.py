@@ -562,15 +562,21 @@ def main() -> None:
     # Client threads hand the GIL over sooner than the default 5 ms, so it adds little latency.
     sys.setswitchinterval(0.0005)
 
+    with_managers(run, args, "manager-bench-")
+
+
+def with_managers(run, args, prefix: str) -> None:
+    """run(args, tmp, managers) in a temporary folder; whatever happens (an error, Ctrl-C,
+    SIGTERM), every manager it started is stopped and the folder removed."""
     def terminate(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, terminate)
 
-    tmp = Path(tempfile.mkdtemp(prefix="manager-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     managers: list[Manager] = []
     try:
         run(args, tmp, managers)
-    except Exception:
+    except BaseException:
         for m in managers:
             if m.proc is not None:
                 print(f"--- manager output ({m.output}):\n{m.tail()}", file=sys.stderr)

@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port_block  # noqa: E402
-from bench.manager_bench import Connection, Manager, call, machine, prepare_demo  # noqa: E402
+from bench.manager_bench import Connection, Manager, call, machine, prepare_demo, with_managers  # noqa: E402
 from ports_config import TTS_PORTS  # noqa: E402
 
 AVATAR = "demo"
@@ -154,25 +152,7 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=10.0, help="how often /avatar/info is asked")
     args = parser.parse_args()
 
-    def terminate(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, terminate)
-
-    tmp = Path(tempfile.mkdtemp(prefix="recovery-bench-"))
-    managers: list[Manager] = []
-    try:
-        run(args, tmp, managers)
-    except BaseException:
-        for m in managers:
-            if m.proc is not None:
-                print(f"--- manager output ({m.output}):\n{m.tail()}", file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not skip the cleanup
-        for m in managers:
-            m.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
+    with_managers(run, args, "recovery-bench-")
 
 if __name__ == "__main__":
     main()

@@ -167,3 +167,15 @@ def store_env(request) -> dict[str, str]:
     client.flushdb()
     client.close()
     return {"REDIS_URL": url}
+
+
+@pytest.fixture(scope="session")
+def demo_source(tmp_path_factory) -> Path:
+    """The bundled portrait prepared once, with the real worker's own tool, as avatar `demo`;
+    tests copy it (managers.make_avatar(..., source=demo_source))."""
+    data = tmp_path_factory.mktemp("prepared")
+    done = subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
+                           "--avatar_id", "demo"], cwd=ROOT, env={**os.environ, "AVATAR_DATA_DIR": str(data)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return data / "avatars" / "demo"

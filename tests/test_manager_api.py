@@ -123,19 +123,6 @@ def in_range(m: Manager, port: int) -> bool:
 # --- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_source(tmp_path_factory) -> Path:
-    """One real avatar folder, prepared once for the module with the real worker's own tool."""
-    data = tmp_path_factory.mktemp("prepared")
-    result = subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                             "--avatar_id", "demo"], cwd=ROOT, env={**os.environ, "AVATAR_DATA_DIR": str(data)},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    folder = data / "avatars" / "demo"
-    assert (folder / "config.json").is_file()
-    return folder
-
-
-@pytest.fixture(scope="module")
 def shared_manager(tmp_path_factory):
     """One manager with the fake worker and the defaults, for the checks that do not need their own
     settings; each test leaves it empty (see `fm`)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
-import pytest  # noqa: E402
 import requests  # noqa: E402
 
 from avatar_manager import ports  # noqa: E402
@@ -113,17 +111,6 @@ def tts_port(m: Manager, model: str) -> int:
 
 def gunicorn_master(m: Manager) -> psutil.Process:
     return next(p for p in psutil.Process(m.proc.pid).children() if "gunicorn" in cmdline(p))
-
-
-@pytest.fixture(scope="module")
-def demo_source(tmp_path_factory) -> Path:
-    """The bundled portrait prepared once as avatar `demo` (puppet engine), copied per test."""
-    data = tmp_path_factory.mktemp("prepared")
-    done = subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                           "--avatar_id", "demo"], cwd=ROOT, env={**os.environ, "AVATAR_DATA_DIR": str(data)},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return data / "avatars" / "demo"
 
 
 # --- one worker ------------------------------------------------------------------------------------
