@@ -55,6 +55,7 @@ class Settings:
     gpu_min_free_mb: int
     idle_timeout: float          # seconds an instance with no connections stays warm
     health_check_interval: float
+    health_check_misses: int     # checks in a row a worker may miss before it is killed and restarted
     startup_timeout: float       # seconds a worker has to answer /health with its token
     stop_timeout: float          # grace between SIGTERM and SIGKILL
     stale_timeout: float         # connections with no live session this long were forgotten
@@ -87,6 +88,7 @@ class Settings:
             gpu_min_free_mb=number(env, "GPU_MIN_FREE_MB", 6000, 0, int),
             idle_timeout=number(env, "IDLE_TIMEOUT", 300.0, 0.0),
             health_check_interval=number(env, "HEALTH_CHECK_INTERVAL", 5.0, 0.1),
+            health_check_misses=number(env, "HEALTH_CHECK_MISSES", 3, 1, int),
             startup_timeout=number(env, "STARTUP_TIMEOUT", 60.0, 1.0),
             stop_timeout=number(env, "STOP_TIMEOUT", 10.0, 0.1),
             stale_timeout=number(env, "STALE_CONNECTION_TIMEOUT", 900.0, 1.0),

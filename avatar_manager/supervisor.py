@@ -35,7 +35,6 @@ TICK = 0.1              # seconds between looks at the store
 LEASE_TTL = 5.0         # a supervisor silent this long is presumed dead and replaced
 MAX_FAILURES = 5        # crashes in a row before an instance is FAILED
 STAYED_UP = 60.0        # a worker up this long before a crash starts a fresh failure count
-HEALTH_MISSES = 3       # /health checks in a row a worker may miss before it is killed and restarted
 BACKOFF_MAX = 30.0
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -297,7 +296,7 @@ class Supervisor:
                                   reserved_mb=0, error=why)
 
     def probe(self, instance: Instance) -> None:
-        """A worker that misses HEALTH_MISSES health checks in a row is hung: kill it, restart it."""
+        """A worker that misses HEALTH_CHECK_MISSES health checks in a row is hung: kill it, restart it."""
         timeout = min(2.0, self.settings.health_check_interval)
         health = procs.worker_health(instance.port, instance.token, timeout=timeout)
         if health is not None:
@@ -305,8 +304,9 @@ class Supervisor:
             self._reconcile(instance, int(health.get("sessions", 0)))
             return
         misses = self.misses[instance.avatar] = self.misses.get(instance.avatar, 0) + 1
-        log.warning("%s: missed health check %d of %d", instance.avatar, misses, HEALTH_MISSES)
-        if misses < HEALTH_MISSES:
+        allowed = self.settings.health_check_misses
+        log.warning("%s: missed health check %d of %d", instance.avatar, misses, allowed)
+        if misses < allowed:
             return
         del self.misses[instance.avatar]
         with self.lock:
@@ -314,7 +314,7 @@ class Supervisor:
         if child is not None:
             procs.kill_tree(child, self.settings.stop_timeout)
         ports.wait_free(instance.port, self.settings.stop_timeout)
-        self._crashed(instance, f"the worker stopped answering /health ({HEALTH_MISSES} checks missed)")
+        self._crashed(instance, f"the worker stopped answering /health ({allowed} checks missed)")
 
     def _reconcile(self, instance: Instance, sessions: int) -> None:
         """The worker's count of live WebRTC sessions is ground truth; `connections` is what the

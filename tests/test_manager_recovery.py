@@ -32,7 +32,7 @@ def test_a_killed_worker_is_replaced_on_its_port_with_its_connections(manager):
 
 
 def test_a_hung_worker_is_killed_and_replaced(manager):
-    m = manager(WORKER_MODULE="tests.fake_worker", HEALTH_CHECK_INTERVAL="0.3")
+    m = manager(WORKER_MODULE="tests.fake_worker", HEALTH_CHECK_INTERVAL="0.3", HEALTH_CHECK_MISSES="2")
     m.avatar("h", fault="freeze_after:1")
     first = m.start_avatar("h").json()["data"]
     wait_for(lambda: (i := info(m, "h")) and i["pid"] not in (None, first["pid"]), what="the hung worker replaced")
