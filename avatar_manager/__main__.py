@@ -1,7 +1,9 @@
-"""python -m avatar_manager [serve]   run the API (gunicorn) and the supervisor, until SIGTERM
-python -m avatar_manager doctor      check this host and explain what to fix"""
+"""python -m avatar_manager [serve]                     run the API (gunicorn) and the supervisor
+python -m avatar_manager doctor                        check this host and explain what to fix
+python -m avatar_manager register PATH --name NAME     prepare an avatar from a photo or a video"""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -31,11 +33,57 @@ def serve() -> int:
     return 0
 
 
+def register(argv: list[str]) -> int:
+    """Prepare and record an avatar; prints its record as JSON. Run by operators, and by the
+    supervisor for an upload (--job: the API holds the name's lock, the job gets the outcome)."""
+    import argparse
+    import json
+
+    from . import registration
+    parser = argparse.ArgumentParser(prog="python -m avatar_manager register")
+    parser.add_argument("path", type=Path, help="a photo or a video of one face")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--owner", default="")
+    parser.add_argument("--description", default="")
+    parser.add_argument("--tts-model", default=None)
+    parser.add_argument("--timbre", default=None)
+    parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        store = open_store(settings)
+    except (ConfigError, StoreError) as exc:
+        print(f"register: {exc}", file=sys.stderr)
+        return 2
+    job = store.get_doc("job", args.job) if args.job else None
+    try:
+        if job is None:
+            registration.lock(store, args.name, f"cli:{os.getpid()}")
+        try:
+            record = registration.register(settings, store, args.path, args.name, owner=args.owner,
+                                           description=args.description, tts_model=args.tts_model,
+                                           timbre=args.timbre)
+        finally:
+            if job is None:
+                registration.unlock(store, args.name)
+    except registration.RegistrationError as exc:
+        if job is not None:
+            registration.finish_job(store, job, error=exc.to_json())
+        print(f"register: {exc}", file=sys.stderr)
+        return 2
+    if job is not None:
+        registration.finish_job(store, job, record=record)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else "serve"
     if command == "serve":
         return serve()
+    if command == "register":
+        return register(argv[1:])
     if command == "doctor":
         from .doctor import main as doctor
         return doctor(argv[1:])

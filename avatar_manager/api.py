@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
+import shutil
 import time
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, request, send_file
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import __version__, metrics
+from . import __version__, metrics, registration
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
 from .logs import setup_logging
@@ -197,5 +199,98 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/avatar/info/<key>")
     def info(key: str):
         return _reply("ok", pool.find(key).to_api(_host()))
+
+    # --- registration ----------------------------------------------------------------------------
+
+    @app.errorhandler(registration.RegistrationError)
+    def refused(exc):
+        return _reply(str(exc), status=exc.status, **exc.detail)
+
+    @app.before_request
+    def upload_limit():
+        if request.endpoint == "register":
+            # Refused from Content-Length before the body is read; a chunked body stops being read
+            # at the limit. The file part goes to a temporary file, not memory.
+            request.max_content_length = settings.max_avatar_file_bytes + 64 * 1024
+
+    @app.post("/avatar/register")
+    def register():
+        form = request.form
+        name = form.get("avatar_name", "")
+        meta = {"owner": form.get("user_id", ""), "description": form.get("description", ""),
+                "tts_model": form.get("tts_model") or None, "timbre": form.get("timbre") or None}
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest("missing the file (multipart field 'file')")
+        registration.check_request(settings, store, name, meta["tts_model"])
+        if not pool.supervised():
+            raise Unavailable("no supervisor is running to prepare the avatar")
+        job_id = secrets.token_hex(8)
+        registration.lock(store, name, f"job:{job_id}")
+        try:
+            folder = registration.uploads_dir(settings) / job_id
+            folder.mkdir(parents=True)
+            upload.save(folder / "upload")
+            if (folder / "upload").stat().st_size > settings.max_avatar_file_bytes:
+                raise RequestEntityTooLarge()
+            job = registration.new_job(store, name, folder / "upload", meta)
+        except BaseException:
+            shutil.rmtree(registration.uploads_dir(settings) / job_id, ignore_errors=True)
+            registration.unlock(store, name)
+            raise
+        deadline = time.monotonic() + settings.register_wait
+        while job["state"] not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = store.get_doc("job", job_id) or job
+        return _job_reply(job)
+
+    def _job_reply(job: dict):
+        if job["state"] == "done":
+            record = job["record"]
+            return _reply(f"avatar {record['name']} registered in {record['processing_seconds']:.2f} s",
+                          _with_preview(record))
+        if job["state"] == "failed":
+            error = job["error"] or {}
+            return _reply(error.get("message", "registration failed"), status=error.get("status", 500),
+                          **{k: v for k, v in error.items() if k not in ("status", "message")})
+        return _reply(f"registering {job['avatar']} ({job['state']}); poll /avatar/jobs/{job['id']}",
+                      {"job_id": job["id"], "state": job["state"], "status_url": f"/avatar/jobs/{job['id']}"},
+                      status=202)
+
+    def _with_preview(record: dict) -> dict:
+        return {**record, "preview_url": f"/avatar/{record['name']}/preview"}
+
+    @app.get("/avatar/jobs/<job_id>")
+    def job_status(job_id: str):
+        job = store.get_doc("job", job_id) if job_id.isalnum() else None
+        if job is None:
+            raise NotFound(f"no registration job {job_id!r}")
+        return _job_reply(job)
+
+    @app.get("/avatar/avatars")
+    def avatars():
+        records = [_with_preview(r) for r in registration.listing(settings, store)]
+        return _reply("ok", records, count=len(records))
+
+    @app.get("/avatar/<name>/preview")
+    def preview(name: str):
+        pool.find_name(name)
+        path = registration.preview(settings, name)
+        if path is None:
+            raise NotFound(f"no avatar {name!r}")
+        return send_file(path, max_age=60)
+
+    @app.delete("/avatar/<name>")
+    def delete(name: str):
+        pool.find_name(name)
+        if not registration.exists(settings, store, name):
+            raise NotFound(f"no avatar {name!r}")
+        instance = store.get(name)
+        if instance is not None and instance.avatar == name and instance.state != State.FAILED:
+            return _reply(f"avatar {name!r} has a {instance.state.value} instance; stop it first", status=409)
+        if instance is not None:
+            pool.forget_failed(name)
+        registration.delete(settings, store, name)
+        return _reply(f"avatar {name} deleted")
 
     return app

@@ -114,11 +114,19 @@ class Pool:
 
     # --- the rest ------------------------------------------------------------------------------
 
-    def find(self, key: str) -> Instance:
+    @staticmethod
+    def find_name(name: str) -> str:
         try:
-            check_name(key)
+            return check_name(name)
         except AvatarError as exc:
             raise BadRequest(str(exc)) from None
+
+    def forget_failed(self, avatar: str) -> None:
+        """Drop a FAILED record, which holds nothing (for deleting its avatar)."""
+        self.store.remove(avatar, State.FAILED)
+
+    def find(self, key: str) -> Instance:
+        self.find_name(key)
         instance = self.store.get(key)
         if instance is None and instance_name(key) != key:
             instance = self.store.get(instance_name(key))  # a joiner's id: g_user_8 -> avatar g

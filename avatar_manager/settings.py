@@ -64,6 +64,9 @@ class Settings:
     max_body_bytes: int
     worker_module: str           # the lip-sync worker program, run as `python -m MODULE`
     tts_ports: dict[str, int]    # TTS model -> its server's port (TTS_PORT_<MODEL> overrides)
+    max_avatar_file_bytes: int   # uploads for registration (MAX_AVATAR_FILE_SIZE, in MB)
+    register_timeout: float      # a registration still running after this is killed
+    register_wait: float         # POST /avatar/register answers with the result within this, else 202
 
     @property
     def ports(self) -> range:
@@ -97,6 +100,9 @@ class Settings:
             max_body_bytes=number(env, "MAX_JSON_BYTES", 64 * 1024, 256, int),
             worker_module=env.get("WORKER_MODULE") or "lipsync_worker",
             tts_ports={name: _port(env, f"TTS_PORT_{name.upper()}", port) for name, port in TTS_PORTS.items()},
+            max_avatar_file_bytes=int(number(env, "MAX_AVATAR_FILE_SIZE", 50.0, 0.001) * 1024 * 1024),
+            register_timeout=number(env, "REGISTER_TIMEOUT", 300.0, 1.0),
+            register_wait=number(env, "REGISTER_WAIT", 60.0, 0.0),
         )
         if settings.base_port + settings.max_avatars - 1 > 65535:
             raise ConfigError(f"AVATAR_BASE_PORT={settings.base_port} + MAX_AVATARS={settings.max_avatars} "

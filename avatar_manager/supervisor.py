@@ -11,16 +11,18 @@ import ctypes
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 
-from . import ports, procs, systemd
+from . import ports, procs, registration, systemd
 from .instances import Instance, State
 from .logs import pump
 from .metrics import start_observation
@@ -117,6 +119,10 @@ class Supervisor:
         self._notice_exits()
         for instance in self.store.list():
             self._step(instance, now)
+        for job in self.store.list_docs("job"):
+            if job["state"] == "queued" and f"job:{job['id']}" not in self.busy:
+                self._submit(f"job:{job['id']}", self.register, job)
+        registration.prune_jobs(self.store, now)
         for model in self.tts.reap():
             count = self.tts_failures[model.name] = self.tts_failures.get(model.name, 0) + 1
             self.tts_restart_at[model.name] = now + backoff_delay(count)
@@ -333,6 +339,27 @@ class Supervisor:
             changes.update(connections=0, idle_since=now)
         if sessions != instance.sessions or len(changes) > 1:
             self.store.transition(instance.avatar, {State.RUNNING}, State.RUNNING, **changes)
+
+    def register(self, job: dict) -> None:
+        """Run a queued registration: the register command, a child of ours, bounded in time."""
+        job = {**job, "state": "preparing", "updated": time.time()}
+        self.store.put_doc("job", job["id"], job)
+        path = self.settings.log_dir / f"register_{job['avatar']}.log"
+        proc = procs.spawn(registration.job_argv(job), procs.child_env(keep=("REDIS_URL",)), path)
+        try:
+            proc.wait(timeout=self.settings.register_timeout)
+        except subprocess.TimeoutExpired:
+            procs.kill_tree(proc, self.settings.stop_timeout)
+        finally:
+            registration.unlock(self.store, job["avatar"])
+            shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
+        done = self.store.get_doc("job", job["id"]) or job
+        if done["state"] not in ("done", "failed"):  # it crashed or ran out of time
+            why = (f"registration did not finish within REGISTER_TIMEOUT={self.settings.register_timeout:g} s"
+                   if proc.returncode is None or proc.returncode < 0 else
+                   f"registration failed (exit code {proc.returncode}): {procs.log_tail(path, 5)}")
+            registration.finish_job(self.store, done, error={"status": 500, "message": why})
+        log.info("registration of %s: %s", job["avatar"], (self.store.get_doc("job", job["id"]) or {}).get("state"))
 
     def stop(self, instance: Instance) -> None:
         """Kill the worker's whole tree, wait for its port to be free, then drop the record (or

@@ -345,3 +345,23 @@ def test_a_move_outside_the_lifecycle_table_is_refused_and_changes_nothing(store
     with pytest.raises(ValueError, match="no transition from STARTING to STOPPED"):
         store.transition("alice", {State.STARTING}, State.STOPPED)
     assert store.get("alice").state == State.STARTING
+
+
+def test_documents_put_get_list_delete(store):
+    store.put_doc("avatar", "b", {"name": "b"})
+    store.put_doc("avatar", "a", {"name": "a", "quality": {"verdict": "good"}})
+    assert store.get_doc("avatar", "a")["quality"]["verdict"] == "good"
+    assert [d["name"] for d in store.list_docs("avatar")] == ["a", "b"]
+    assert store.list_docs("job") == [] and store.get_doc("job", "a") is None
+    assert store.delete_doc("avatar", "a") and not store.delete_doc("avatar", "a")
+    assert [d["name"] for d in store.list_docs("avatar")] == ["b"]
+
+
+def test_a_claimed_document_is_taken_once_until_it_expires(store):
+    assert store.claim_doc("registering", "anna", {"job": 1}, ttl=10, now=NOW)
+    assert not store.claim_doc("registering", "anna", {"job": 2}, ttl=10, now=NOW + 5)
+    assert store.get_doc("registering", "anna") == {"job": 1}
+    assert store.claim_doc("registering", "anna", {"job": 3}, ttl=10, now=NOW + 11)
+    assert store.get_doc("registering", "anna") == {"job": 3}
+    store.put_doc("avatar", "anna", {"name": "anna"})  # a plain document never expires
+    assert not store.claim_doc("avatar", "anna", {"name": "other"}, ttl=10, now=NOW + 10**6)

@@ -123,5 +123,28 @@ class Store(ABC):
     def counts(self) -> dict[str, float]:
         """Every counter."""
 
+    # Documents: small JSON records by kind and key (the avatar registry, registration jobs, and
+    # the per-name registration lock, which expires so a crashed registration frees its name).
+
+    @abstractmethod
+    def put_doc(self, kind: str, key: str, value: dict) -> None:
+        """Write (or replace) a document."""
+
+    @abstractmethod
+    def claim_doc(self, kind: str, key: str, value: dict, ttl: float, now: float) -> bool:
+        """Write the document only if there is none, or only an expired claim; atomically."""
+
+    @abstractmethod
+    def get_doc(self, kind: str, key: str) -> dict | None:
+        """The document, or None."""
+
+    @abstractmethod
+    def list_docs(self, kind: str) -> list[dict]:
+        """Every document of a kind, in key order."""
+
+    @abstractmethod
+    def delete_doc(self, kind: str, key: str) -> bool:
+        """Delete it; False if there was none."""
+
     def close(self) -> None:
         """Release connections."""

@@ -197,6 +197,18 @@ return 0
 """
 
 
+# KEYS[1]: the kind's hash, KEYS[2]: its expiries; ARGV: key, value, expires, now.
+_CLAIM_DOC = """
+local expires = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 and not (expires > 0 and expires < tonumber(ARGV[4])) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+
 def redacted(url: str) -> str:
     """The URL for messages: without its password or query (which may hold one)."""
     parts = urlsplit(url)
@@ -233,6 +245,7 @@ class RedisStore(Store):
         self._cas, self._stop_if_idle = script(_LIB + _TRANSITION), script(_LIB + _STOP_IF_IDLE)
         self._remove = script(_LIB + _REMOVE)
         self._take_lease, self._drop_lease = script(_TAKE_LEASE), script(_DROP_LEASE)
+        self._claim_doc = script(_CLAIM_DOC)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -326,6 +339,40 @@ class RedisStore(Store):
     def counts(self) -> dict[str, float]:
         with self._errors():
             return {name: float(value) for name, value in self._redis.hgetall(self._counts).items()}
+
+    def _docs(self, kind: str) -> tuple[str, str]:
+        return f"{self.prefix}doc:{kind}", f"{self.prefix}doc-expires:{kind}"
+
+    def put_doc(self, kind: str, key: str, value: dict) -> None:
+        docs, expiries = self._docs(kind)
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(docs, key, json.dumps(value))
+            pipe.hdel(expiries, key)
+            pipe.execute()
+
+    def claim_doc(self, kind: str, key: str, value: dict, ttl: float, now: float) -> bool:
+        with self._errors():
+            return bool(self._claim_doc(keys=list(self._docs(kind)),
+                                        args=[key, json.dumps(value), repr(float(now + ttl)), repr(float(now))]))
+
+    def get_doc(self, kind: str, key: str) -> dict | None:
+        with self._errors():
+            raw = self._redis.hget(self._docs(kind)[0], key)
+        return json.loads(raw) if raw is not None else None
+
+    def list_docs(self, kind: str) -> list[dict]:
+        with self._errors():
+            docs = self._redis.hgetall(self._docs(kind)[0])
+        return [json.loads(docs[k]) for k in sorted(docs)]
+
+    def delete_doc(self, kind: str, key: str) -> bool:
+        docs, expiries = self._docs(kind)
+        with self._errors():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hdel(docs, key)
+            pipe.hdel(expiries, key)
+            return bool(pipe.execute()[0])
 
     def close(self) -> None:
         self._redis.close()

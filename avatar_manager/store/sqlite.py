@@ -2,6 +2,7 @@
 threads and processes on this host allocate without races."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -21,6 +22,8 @@ _SCHEMA = [
     + ", PRIMARY KEY (avatar))",
     "CREATE TABLE IF NOT EXISTS lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counts (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS docs (kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+    "expires REAL NOT NULL, PRIMARY KEY (kind, key))",
 ]
 
 
@@ -203,6 +206,33 @@ class SqliteStore(Store):
     def counts(self) -> dict[str, float]:
         with self._tx(write=False) as db:
             return {r["name"]: r["value"] for r in db.execute("SELECT name, value FROM counts")}
+
+    def put_doc(self, kind: str, key: str, value: dict) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO docs (kind, key, value, expires) VALUES (?, ?, ?, 0)",
+                       (kind, key, json.dumps(value)))
+
+    def claim_doc(self, kind: str, key: str, value: dict, ttl: float, now: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO docs (kind, key, value, expires) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT(kind, key) DO UPDATE SET value = excluded.value, expires = excluded.expires "
+                             "WHERE docs.expires > 0 AND docs.expires < ?",
+                             (kind, key, json.dumps(value), now + ttl, now))
+            return bool(cur.rowcount)
+
+    def get_doc(self, kind: str, key: str) -> dict | None:
+        with self._tx(write=False) as db:
+            row = db.execute("SELECT value FROM docs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return json.loads(row["value"]) if row else None
+
+    def list_docs(self, kind: str) -> list[dict]:
+        with self._tx(write=False) as db:
+            rows = db.execute("SELECT value FROM docs WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return [json.loads(r["value"]) for r in rows]
+
+    def delete_doc(self, kind: str, key: str) -> bool:
+        with self._tx() as db:
+            return bool(db.execute("DELETE FROM docs WHERE kind = ? AND key = ?", (kind, key)).rowcount)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

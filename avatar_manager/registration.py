@@ -1,0 +1,175 @@
+"""Avatar registration: from a photo or a video to a ready avatar and its record in the registry.
+
+One path for everyone: `python -m avatar_manager register PATH --name NAME` prepares the avatar
+(lipsync_worker.avatars.prepare: content sniffing, face detection, quality checks, an atomic
+rename into place) and writes the registry record. The API saves an upload and queues a job; the
+supervisor runs that same command for it, as a child of its own, and the job records the outcome.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from lipsync_worker.avatar_config import AvatarError, avatar_dir, check_name, is_livetalking, read_config
+
+from .settings import Settings
+from .store.base import Store
+from .tts import model_for, table
+
+LOCK_TTL = 900.0          # a registration lock outlives any real registration; a crashed one frees it
+JOB_KEEP = 3600.0         # finished jobs stay visible this long
+ENGINES_ON_CPU = ("puppet",)
+
+
+class RegistrationError(Exception):
+    """Refused: `status` is the HTTP status (400, 409, 415, 422), the message says why."""
+
+    def __init__(self, status: int, message: str, **detail) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+    def to_json(self) -> dict:
+        return {"status": self.status, "message": str(self), **self.detail}
+
+
+def check_request(settings: Settings, store: Store, name: str, tts_model: str | None) -> None:
+    """What can be refused before any byte of the file is stored."""
+    try:
+        check_name(name)
+        if tts_model:
+            model_for(table(settings.tts_ports), tts_model)
+    except ValueError as exc:
+        raise RegistrationError(400, str(exc)) from None
+    if exists(settings, store, name):
+        raise RegistrationError(409, f"avatar {name!r} exists already; DELETE /avatar/{name} first")
+
+
+def exists(settings: Settings, store: Store, name: str) -> bool:
+    return store.get_doc("avatar", name) is not None or avatar_dir(settings.data_dir, name).exists()
+
+
+def lock(store: Store, name: str, holder: str) -> None:
+    """Two registrations of one name never interleave: the second is refused while the first runs."""
+    if not store.claim_doc("registering", name, {"holder": holder}, LOCK_TTL, time.time()):
+        raise RegistrationError(409, f"a registration of {name!r} is in progress")
+
+
+def unlock(store: Store, name: str) -> None:
+    store.delete_doc("registering", name)
+
+
+def _plain(value):
+    return asdict(value) if is_dataclass(value) else value
+
+
+def register(settings: Settings, store: Store, source: Path, name: str, *, owner: str = "", description: str = "",
+             tts_model: str | None = None, timbre: str | None = None) -> dict:
+    """Prepare the avatar and record it; RegistrationError when refused (nothing is left behind)."""
+    from lipsync_worker import avatars  # OpenCV: only where preparation happens
+    from lipsync_worker.intake import UnsupportedMedia
+    from lipsync_worker.quality import QualityError
+
+    check_request(settings, store, name, tts_model)
+    overrides = {k: v for k, v in (("tts_model", tts_model), ("timbre", timbre)) if v}
+    started = time.monotonic()
+    try:
+        prepared = avatars.prepare(source, name, settings.data_dir, overrides=overrides)
+    except UnsupportedMedia as exc:
+        raise RegistrationError(415, str(exc), detected=exc.detected) from None
+    except QualityError as exc:
+        raise RegistrationError(422, str(exc), reasons=list(exc.reasons)) from None
+    except AvatarError as exc:
+        raise RegistrationError(422, str(exc)) from None
+    config = read_config(settings.data_dir, name)
+    record = {
+        "name": name, "owner": owner, "description": description,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_type": prepared.kind, "source_format": prepared.format,
+        "frame_count": prepared.frame_count, "size": list(prepared.size),
+        "faces": _plain(prepared.faces), "quality": _plain(prepared.quality),
+        "tts_model": config["tts_model"], "timbre": config["timbre"], "engine": config["avatar_model"],
+        "engines_ready": list(ENGINES_ON_CPU),
+        "processing_seconds": round(time.monotonic() - started, 3),
+    }
+    store.put_doc("avatar", name, record)
+    return record
+
+
+def listing(settings: Settings, store: Store) -> list[dict]:
+    """The registry, plus avatar folders put in place by hand (registered: false)."""
+    records = {r["name"]: {**r, "registered": True} for r in store.list_docs("avatar")}
+    folder = settings.avatars_dir
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.name not in records and path.is_dir() and not path.name.startswith("."):
+                try:
+                    config = read_config(settings.data_dir, path.name)
+                except (AvatarError, ValueError):
+                    continue
+                records[path.name] = {"name": path.name, "registered": False, "engine": config["avatar_model"],
+                                      "tts_model": config["tts_model"], "timbre": config["timbre"],
+                                      "source_type": config.get("kind", "livetalking" if is_livetalking(path) else "")}
+    return [records[k] for k in sorted(records)]
+
+
+def preview(settings: Settings, name: str) -> Path | None:
+    """The avatar's first frame."""
+    path = avatar_dir(settings.data_dir, name)
+    for frames in (path / "frames", path / "full_imgs"):
+        if frames.is_dir():
+            images = sorted(p for p in frames.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if images:
+                return images[0]
+    return None
+
+
+def delete(settings: Settings, store: Store, name: str) -> None:
+    """Remove the folder and the record. The caller checks no instance of it runs."""
+    path = avatar_dir(settings.data_dir, name)
+    if path.exists():
+        # Renamed aside first, so a start never sees half a folder.
+        trash = path.with_name(f".{name}.deleted.{time.monotonic_ns()}")
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    store.delete_doc("avatar", name)
+
+
+# --- jobs: a registration the API queued and the supervisor runs --------------------------------
+
+def uploads_dir(settings: Settings) -> Path:
+    return settings.data_dir / "uploads"
+
+
+def new_job(store: Store, name: str, upload: Path, meta: dict) -> dict:
+    now = time.time()
+    job = {"id": upload.parent.name, "avatar": name, "state": "queued", "created": now, "updated": now,
+           "upload": str(upload), "meta": meta, "record": None, "error": None}
+    store.put_doc("job", job["id"], job)
+    return job
+
+
+def finish_job(store: Store, job: dict, record: dict | None = None, error: dict | None = None) -> dict:
+    job = {**job, "state": "done" if record is not None else "failed", "updated": time.time(),
+           "record": record, "error": error}
+    store.put_doc("job", job["id"], job)
+    return job
+
+
+def job_argv(job: dict) -> list[str]:
+    """The command that carries the job out (the same an operator runs by hand)."""
+    import sys
+    argv = [sys.executable, "-m", "avatar_manager", "register", job["upload"], "--name", job["avatar"],
+            "--job", job["id"]]
+    for flag in ("owner", "description", "tts_model", "timbre"):
+        if job["meta"].get(flag):
+            argv += [f"--{flag.replace('_', '-')}", job["meta"][flag]]
+    return argv
+
+
+def prune_jobs(store: Store, now: float) -> None:
+    for job in store.list_docs("job"):
+        if job["state"] in ("done", "failed") and now - job["updated"] > JOB_KEEP:
+            store.delete_doc("job", job["id"])
