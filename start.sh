@@ -56,10 +56,12 @@ case "${1:-serve}" in
     exec "$VENV/bin/python" -m pytest "$@" ;;
   serve)
     install
-    # A fresh data directory gets a demo avatar made from the bundled public-domain portrait.
+    # A fresh data directory gets a demo avatar, registered from the bundled public-domain
+    # portrait the way any upload is.
     avatars="${AVATAR_DATA_DIR:-data}/avatars"
-    if [ -z "$(ls -A "$avatars" 2>/dev/null)" ]; then
-      "$VENV/bin/python" -m lipsync_worker prepare assets/astronaut.png --avatar_id demo
+    if [ -z "$(ls "$avatars" 2>/dev/null)" ]; then
+      "$VENV/bin/python" -m avatar_manager register assets/astronaut.png --name demo \
+        --description "the bundled demo portrait (public domain, NASA)" >/dev/null
     fi
     # The supervisor and the API (gunicorn) on 127.0.0.1:8607; SIGTERM or Ctrl-C stops everything.
     exec "$VENV/bin/python" -m avatar_manager ;;

@@ -4,6 +4,7 @@ python -m avatar_manager register PATH --name NAME     prepare an avatar from a 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def register(argv: list[str]) -> int:
                                            description=args.description, tts_model=args.tts_model,
                                            timbre=args.timbre)
         finally:
-            if job is None:
-                registration.unlock(store, args.name)
+            # Before the outcome is told: whoever hears it may register the name again at once.
+            registration.unlock(store, args.name)
+            if job is not None:
+                shutil.rmtree(args.path.parent, ignore_errors=True)
     except registration.RegistrationError as exc:
         if job is not None:
             registration.finish_job(store, job, error=exc.to_json())

@@ -128,12 +128,14 @@ def preview(settings: Settings, name: str) -> Path | None:
 
 def delete(settings: Settings, store: Store, name: str) -> None:
     """Remove the folder and the record. The caller checks no instance of it runs."""
+    from lipsync_worker.avatars import avatar_lock
     path = avatar_dir(settings.data_dir, name)
-    if path.exists():
-        # Renamed aside first, so a start never sees half a folder.
-        trash = path.with_name(f".{name}.deleted.{time.monotonic_ns()}")
-        path.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
+    with avatar_lock(settings.data_dir, name):  # not while a preparation swaps the folder
+        if path.exists():
+            # Renamed aside first, so a start never sees half a folder.
+            trash = path.with_name(f".{name}.deleted.{time.monotonic_ns()}")
+            path.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
     store.delete_doc("avatar", name)
 
 

@@ -48,12 +48,14 @@ def prepare(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("tts_model", args.tts_model), ("timbre", args.timbre)) if v}
     try:
-        path = avatars.prepare(args.source, args.avatar_id, data_dir(), max_seconds=args.max_seconds,
-                               overrides=overrides)
-    except avatars.AvatarError as exc:
+        prepared = avatars.prepare(args.source, args.avatar_id, data_dir(), max_seconds=args.max_seconds,
+                                   overrides=overrides)
+    except avatars.AvatarError as exc:  # UnsupportedMedia and QualityError too: a reason to show
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
-    print(path)
+    if prepared.quality.verdict != "good":
+        print(f"prepare: {prepared.quality.verdict}: {'; '.join(prepared.quality.reasons)}", file=sys.stderr)
+    print(prepared.path)
     return 0
 
 

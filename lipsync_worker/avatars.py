@@ -2,6 +2,7 @@
 
 $AVATAR_DATA_DIR/avatars/NAME/
   config.json   {"format": 1, "kind": "image"|"video", "frame_count", "size": [w, h],
+                 "source_format", "faces": {...}, "quality": {"verdict", "reasons", "metrics"},
                  "tts_model", "timbre", "avatar_model", "transport", "max_session", ...}
   frames/       000000.png, 000001.png, ... (25 fps for a video)
   regions.json  per frame: face, mouth, eyes boxes [x1, y1, x2, y2]
@@ -10,6 +11,8 @@ A LiveTalking MuseTalk folder (full_imgs/, coords.pkl, ...) loads too.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pickle
@@ -19,11 +22,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from . import intake
 from .avatar_config import DEFAULT_CONFIG, FORMAT, AvatarError, avatar_dir, is_livetalking, read_config
+
+if TYPE_CHECKING:
+    from .quality import Quality
 
 FPS = 25
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2
@@ -123,11 +131,11 @@ def read_frames(source: Path, max_seconds: float, max_side: int) -> tuple[list[n
     return [np.ascontiguousarray(f[:h, :w]) for f in frames], kind
 
 
-def find_regions(frames: list[np.ndarray]) -> list[Regions]:
-    """The largest face of each frame, boxes smoothed over time; frames without a face borrow."""
+def find_regions(frames: list[np.ndarray], detected: list[list[Box]] | None = None) -> list[Regions]:
+    """The largest face of each frame, boxes smoothed over time; frames without a face borrow.
+    `detected`: each frame's faces (detect_faces, or quality.find_faces), when already known."""
     faces: list[Box | None] = []
-    for frame in frames:
-        found = detect_faces(frame)
+    for found in detected if detected is not None else map(detect_faces, frames):
         faces.append(max(found, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if found else None)
     known = [i for i, f in enumerate(faces) if f is not None]
     if not known:
@@ -143,39 +151,87 @@ def find_regions(frames: list[np.ndarray]) -> list[Regions]:
     return regions
 
 
+@dataclass(frozen=True)
+class Prepared:
+    path: Path
+    kind: str                 # "image" | "video"
+    format: str               # what the upload was: jpeg, png, heic, mp4, ...
+    frame_count: int
+    size: tuple[int, int]
+    faces: dict               # frames with no face, one, several; the median face box
+    quality: Quality
+    seconds: float            # how long preparing took
+
+
+@contextlib.contextmanager
+def avatar_lock(data_dir: Path, name: str):
+    """Held while avatars/NAME is swapped; any process changing that folder should take it too.
+    The lock file stays: removing it would let a waiting process lock a file nobody else sees."""
+    folder = avatar_dir(data_dir, name).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases it
+
+
 def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.0, max_side: int = 720,
-            overrides: dict | None = None) -> Path:
-    """Make avatars/NAME from an image or a video; atomic: complete or absent."""
+            overrides: dict | None = None, workdir: Path | None = None) -> Prepared:
+    """Make avatars/NAME from a photo or a video, whatever its file name says; atomic: complete or
+    absent. Refusals (intake.UnsupportedMedia, quality.QualityError, AvatarError) write nothing.
+    `workdir` holds converted copies (HEIC, rotated photos); a temporary folder when None."""
+    from . import quality  # it builds on this module's detectors
+
+    started = time.monotonic()
     target = avatar_dir(data_dir, name)
-    source = Path(source)
-    if not source.is_file():
-        raise AvatarError(f"{source} is not a file")
-    frames, kind = read_frames(source, max_seconds, max_side)
-    regions = find_regions(frames)
+    with contextlib.ExitStack() as stack:
+        scratch = workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="avatar-intake-"))
+        media = intake.identify(Path(source), Path(scratch))
+        frames, _ = read_frames(media.path, max_seconds, max_side)
+    detected = [quality.find_faces(frame) for frame in frames]
+    verdict = quality.assess(frames, detected)  # refusals raise here, before anything is written
+    regions = find_regions(frames, detected)
+    box = np.median([r.face for r in regions], axis=0).round().astype(int).tolist()
+    faces = {**verdict.faces, "box": box}
+    size = (frames[0].shape[1], frames[0].shape[0])
+    config = {"format": FORMAT, "kind": media.kind, "frame_count": len(frames), "size": list(size),
+              "source": Path(source).name, "source_format": media.format,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "faces": faces, "quality": verdict.to_json(), **DEFAULT_CONFIG, **(overrides or {})}
+    _install(data_dir, name, frames, regions, config)
+    return Prepared(target, media.kind, media.format, len(frames), size, faces, verdict,
+                    time.monotonic() - started)
+
+
+def _install(data_dir: Path, name: str, frames: list[np.ndarray], regions: list[Regions], config: dict) -> None:
+    """Write into a hidden folder beside the target, then swap it in under the lock: two
+    preparations of one name never mix, and the last to finish wins."""
+    target = avatar_dir(data_dir, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    old: Path | None = None
     try:
         (staging / "frames").mkdir()
         for i, frame in enumerate(frames):
             cv2.imwrite(str(staging / "frames" / f"{i:06d}.png"), frame)
         (staging / "regions.json").write_text(json.dumps([r.to_json() for r in regions]))
-        config = {"format": FORMAT, "kind": kind, "frame_count": len(frames),
-                  "size": [frames[0].shape[1], frames[0].shape[0]], "source": source.name,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  **DEFAULT_CONFIG, **(overrides or {})}
         (staging / "config.json").write_text(json.dumps(config, indent=2))
-        if target.exists():
-            # Move the old one aside, then the new one in: the name is never missing for long.
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=target.parent))
-            os.rename(target, old / name)
-            os.rename(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, target)
+        with avatar_lock(data_dir, name):
+            if target.exists():
+                # Move the old one aside, then the new one in: the name is never missing for long.
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=target.parent))
+                os.rename(target, old / name)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                if old is not None:
+                    os.rename(old / name, target)
+                raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # --- loading -----------------------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""Avatar registration over the API and from the command line, with real files and a real manager."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import cv2
+import numpy as np
+import pillow_heif
+import pytest
+import requests
+from PIL import Image
+
+from managers import ROOT, wait_for
+
+PORTRAIT = ROOT / "assets" / "astronaut.png"
+
+
+def portrait() -> np.ndarray:
+    return cv2.imread(str(PORTRAIT))
+
+
+def encoded(image: np.ndarray, ext: str = ".jpg") -> bytes:
+    ok, data = cv2.imencode(ext, image)
+    assert ok
+    return data.tobytes()
+
+
+def video_bytes(tmp_path, seconds: float = 2.0) -> bytes:
+    path = tmp_path / "clip.mp4"
+    face = portrait()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (face.shape[1], face.shape[0]))
+    for i in range(int(seconds * 25)):
+        writer.write(np.roll(face, i % 5, axis=1))
+    writer.release()
+    return path.read_bytes()
+
+
+def heic_bytes() -> bytes:
+    pillow_heif.register_heif_opener()
+    out = io.BytesIO()
+    Image.open(PORTRAIT).convert("RGB").save(out, format="HEIF")
+    return out.getvalue()
+
+
+def register(m, name: str, data: bytes, filename: str = "photo.jpg", **fields) -> requests.Response:
+    return requests.post(m.url + "/avatar/register", headers=m.headers, timeout=120,
+                         data={"avatar_name": name, **fields}, files={"file": (filename, data)})
+
+
+def nothing_written(m, name: str) -> None:
+    assert not (m.data_dir / "avatars" / name).exists()
+    # Only the name's lock file may stay (lipsync_worker.avatars.avatar_lock says why).
+    debris = [p for p in (m.data_dir / "avatars").glob(f".{name}*") if p.suffix != ".lock"]
+    assert not debris
+    uploads = m.data_dir / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+    assert name not in [a["name"] for a in m.get("/avatar/avatars").json()["data"]]
+
+
+@pytest.fixture
+def real(manager):
+    """A manager with the real lip-sync worker."""
+    return manager()
+
+
+def test_a_photo_registers_previews_starts_and_is_deleted_once_stopped(real):
+    m = real
+    answer = register(m, "astro", encoded(portrait()), user_id="u1", description="the astronaut")
+    assert answer.status_code == 200, answer.text
+    record = answer.json()["data"]
+    assert record["name"] == "astro" and record["owner"] == "u1" and record["source_type"] == "image"
+    assert record["quality"]["verdict"] in ("good", "fair") and record["processing_seconds"] > 0
+    assert record["faces"]
+    listed = m.get("/avatar/avatars").json()["data"]
+    assert [a["name"] for a in listed] == ["astro"] and listed[0]["registered"]
+    preview = m.get(listed[0]["preview_url"])
+    assert preview.status_code == 200 and preview.headers["Content-Type"].startswith("image/")
+    assert cv2.imdecode(np.frombuffer(preview.content, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (512, 512)
+
+    started = m.start_avatar("astro_user_1")
+    assert started.status_code == 200, started.text
+    health = requests.get(f"http://127.0.0.1:{started.json()['data']['port']}/health", timeout=5).json()
+    assert health["avatar"] == "astro"
+    refused = requests.delete(m.url + "/avatar/astro", timeout=10)
+    assert refused.status_code == 409 and "stop it first" in refused.json()["message"]
+    assert m.post("/avatar/stop", {"avatar_id": "astro"}).status_code == 200
+    deleted = requests.delete(m.url + "/avatar/astro", timeout=10)
+    assert deleted.status_code == 200, deleted.text
+    nothing_written(m, "astro")
+    assert requests.delete(m.url + "/avatar/astro", timeout=10).status_code == 404
+
+
+def test_a_video_registers_and_starts(real, tmp_path):
+    m = real
+    answer = register(m, "clip", video_bytes(tmp_path), filename="clip.mp4")
+    assert answer.status_code == 200, answer.text
+    record = answer.json()["data"]
+    assert record["source_type"] == "video" and record["frame_count"] > 1
+    started = m.start_avatar("clip")
+    assert started.status_code == 200, started.text
+
+
+def test_heic_is_converted_even_under_a_jpg_name(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    answer = register(m, "phone", heic_bytes(), filename="IMG_0001.jpg")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["source_format"] == "heic"
+
+
+@pytest.mark.parametrize("case, status, words", [
+    ("text", 415, "text/plain"),
+    ("truncated", 422, "truncated"),
+    ("no_face", 422, "no face"),
+    ("two_faces", 422, "2 faces"),
+])
+def test_bad_files_are_refused_with_a_reason_and_nothing_is_written(manager, case, status, words):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    face = portrait()
+    data = {
+        "text": b"this is not a picture at all, only text\n" * 20,
+        "truncated": encoded(face)[:6000],
+        "no_face": encoded(np.full_like(face, 128)),
+        "two_faces": encoded(np.hstack([face, face])),
+    }[case]
+    answer = register(m, "bad", data)
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["message"]
+    nothing_written(m, "bad")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a b", "$(id)", "x" * 65, ""])
+def test_bad_names_are_refused_before_the_upload_is_stored(manager, name):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    answer = register(m, name, encoded(portrait()))
+    assert answer.status_code == 400, answer.text
+    uploads = m.data_dir / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+    assert not (m.data_dir / "avatars").exists() or not [p for p in (m.data_dir / "avatars").iterdir()
+                                                         if p.suffix != ".lock"]
+
+
+def test_an_oversized_upload_is_refused_with_413(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker", MAX_AVATAR_FILE_SIZE="0.05")  # 50 KB
+    answer = register(m, "big", os.urandom(200_000))
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["status"] == "error"
+    nothing_written(m, "big")
+
+
+def test_missing_file_and_unknown_voice_are_bad_requests(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    no_file = requests.post(m.url + "/avatar/register", data={"avatar_name": "x"}, timeout=10)
+    assert no_file.status_code == 400 and "file" in no_file.json()["message"]
+    voice = register(m, "x", encoded(portrait()), tts_model="festival")
+    assert voice.status_code == 400 and "festival" in voice.json()["message"]
+
+
+def test_a_slow_registration_is_a_job_to_poll_and_blocks_a_second_of_the_same_name(manager, tmp_path):
+    m = manager(WORKER_MODULE="tests.fake_worker", REGISTER_WAIT="0")
+    first = register(m, "vid", video_bytes(tmp_path, seconds=4), filename="v.mp4")
+    assert first.status_code == 202, first.text
+    job = first.json()["data"]
+    second = register(m, "vid", encoded(portrait()))
+    assert second.status_code == 409
+    done = wait_for(lambda: (r := m.get(job["status_url"])).status_code != 202 and r, timeout=120,
+                    what="the registration job")
+    assert done.status_code == 200, done.text
+    assert done.json()["data"]["source_type"] == "video"
+    again = register(m, "vid", encoded(portrait()))
+    assert again.status_code == 409 and "exists" in again.json()["message"]
+
+
+def test_concurrent_registrations_of_one_name_never_interleave(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(register(m, "twin", encoded(portrait()))))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(a.status_code for a in answers) == [200, 409, 409, 409]
+    assert (m.data_dir / "avatars" / "twin" / "config.json").is_file()
+
+
+def test_operators_register_from_the_command_line(tmp_path):
+    env = {**os.environ, "AVATAR_DATA_DIR": str(tmp_path / "data"), "LOG_DIR": str(tmp_path / "logs")}
+    done = subprocess.run([sys.executable, "-m", "avatar_manager", "register", str(PORTRAIT), "--name", "cli",
+                           "--tts-model", "espeak"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "cli"
+    again = subprocess.run([sys.executable, "-m", "avatar_manager", "register", str(PORTRAIT), "--name", "cli"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "exists" in again.stderr
