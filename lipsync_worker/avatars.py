@@ -212,7 +212,8 @@ def _install(data_dir: Path, name: str, frames: list[np.ndarray], regions: list[
     try:
         (staging / "frames").mkdir()
         for i, frame in enumerate(frames):
-            cv2.imwrite(str(staging / "frames" / f"{i:06d}.png"), frame)
+            # Light compression: several times faster to write, a little larger on disk.
+            cv2.imwrite(str(staging / "frames" / f"{i:06d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         (staging / "regions.json").write_text(json.dumps([r.to_json() for r in regions]))
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         with avatar_lock(data_dir, name):

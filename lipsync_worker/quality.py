@@ -18,11 +18,12 @@ from .avatar_config import AvatarError
 from .avatars import Box, detect_eyes, detect_faces
 
 # Size, in stored frames (max_side 720 by default). Lipsync models redraw a 96-256 px face crop;
-# under 80 px the mouth is ~35 px wide and every generated frame is a blurry upscale.
-MIN_FACE_PX = 80
-# Under a tenth of the frame width the face is a speck in a scene; under 15% it works but looks
+# under 64 px the mouth is under 30 px wide and every generated frame is a blurry upscale. A person
+# at a normal distance in a landscape 720p video is ~70 px here, so the bar cannot be much higher.
+MIN_FACE_PX = 64
+# Under 8% of the frame width the face is a speck in a scene; under 15% it works but looks
 # distant. The bundled portrait's face is 18% of its width.
-MIN_FACE_FRACTION = 0.10
+MIN_FACE_FRACTION = 0.08
 FAIR_FACE_FRACTION = 0.15
 # A second face counts when at least half as wide as the main one: smaller ones are people far
 # behind or Haar false positives in textures, and only the largest face is animated anyway.

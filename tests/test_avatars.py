@@ -135,7 +135,7 @@ REFUSED = {
     "noise": (lambda: np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8), "no face found"),
     "flat": (lambda: np.full((512, 512, 3), 90, np.uint8), "no face found"),
     "two faces": (lambda: np.hstack([portrait(), portrait()]), "2 faces found; an avatar needs exactly one"),
-    "small": (lambda: on_canvas(0.65), "the face is too small"),        # ~76 px
+    "small": (lambda: on_canvas(0.55), "the face is too small"),        # ~51 px
     "far": (lambda: on_canvas(0.5), "the face is too small"),          # ~55 px: below what detect_faces seeks
     "dark": (lambda: (portrait() * 0.08).astype(np.uint8), "the face is too dark"),
     "blurred": (lambda: cv2.GaussianBlur(portrait(), (0, 0), 5), "the face is too blurred"),
