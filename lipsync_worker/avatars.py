@@ -99,33 +99,37 @@ def detect_eyes(frame: np.ndarray, face: Box) -> list[Box]:
 
 
 def read_frames(source: Path, max_seconds: float, max_side: int) -> tuple[list[np.ndarray], str]:
-    """Frames of an image (one) or a video (sampled at 25 fps, cut to max_seconds), scaled down."""
+    """Frames of an image (one) or a video (sampled at 25 fps, cut to max_seconds), scaled down
+    as they are read (ten seconds of 4K held at full size would take gigabytes)."""
+    def fit(frame: np.ndarray) -> np.ndarray:
+        scale = max_side / max(frame.shape[:2])
+        return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame
+
     image = cv2.imread(str(source), cv2.IMREAD_COLOR)
     if image is not None:
-        frames, kind = [image], "image"
+        frames, kind = [fit(image)], "image"
     else:
         capture = cv2.VideoCapture(str(source))
         try:
             if not capture.isOpened():
                 raise AvatarError(f"{source} is neither an image nor a video OpenCV can read")
             fps = capture.get(cv2.CAP_PROP_FPS) or FPS
-            source_frames = []
-            while len(source_frames) < max_seconds * fps:
+            # Resample to 25 fps as we go: keep the source frame nearest to each 1/25 s.
+            frames, index = [], 0
+            while index < max_seconds * fps:
                 ok, frame = capture.read()
                 if not ok:
                     break
-                source_frames.append(frame)
+                if round(len(frames) * fps / FPS) <= index:
+                    frame = fit(frame)
+                    while round(len(frames) * fps / FPS) <= index:  # a slow source repeats frames
+                        frames.append(frame)
+                index += 1
         finally:
             capture.release()
-        if not source_frames:
+        if not frames:
             raise AvatarError(f"{source} is neither an image nor a video OpenCV can read (no frames)")
-        # Resample to 25 fps: the source frame nearest to each 1/25 s.
-        count = max(1, int(len(source_frames) * FPS / fps))
-        frames = [source_frames[min(len(source_frames) - 1, round(k * fps / FPS))] for k in range(count)]
         kind = "video"
-    scale = max_side / max(frames[0].shape[:2])
-    if scale < 1:
-        frames = [cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for f in frames]
     # Even sizes: video encoders want them.
     h, w = (d - d % 2 for d in frames[0].shape[:2])
     return [np.ascontiguousarray(f[:h, :w]) for f in frames], kind
