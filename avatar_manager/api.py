@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
-import shutil
 import time
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request, send_file
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from . import __version__, metrics, registration
 from .gpus import read_gpus, unavailable_reason
@@ -225,24 +223,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         registration.check_request(settings, store, name, meta["tts_model"])
         if not pool.supervised():
             raise Unavailable("no supervisor is running to prepare the avatar")
-        job_id = secrets.token_hex(8)
-        registration.lock(store, name, f"job:{job_id}")
-        try:
-            folder = registration.uploads_dir(settings) / job_id
-            folder.mkdir(parents=True)
-            upload.save(folder / "upload")
-            if (folder / "upload").stat().st_size > settings.max_avatar_file_bytes:
-                raise RequestEntityTooLarge()
-            job = registration.new_job(store, name, folder / "upload", meta)
-        except BaseException:
-            shutil.rmtree(registration.uploads_dir(settings) / job_id, ignore_errors=True)
-            registration.unlock(store, name)
-            raise
-        deadline = time.monotonic() + settings.register_wait
-        while job["state"] not in ("done", "failed") and time.monotonic() < deadline:
-            time.sleep(0.05)
-            job = store.get_doc("job", job_id) or job
-        return _job_reply(job)
+        job = registration.submit(settings, store, name, meta, upload.save)
+        return _job_reply(registration.wait(store, job, settings.register_wait))
 
     def _job_reply(job: dict):
         if job["state"] == "done":
@@ -286,9 +268,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         if not registration.exists(settings, store, name):
             raise NotFound(f"no avatar {name!r}")
         instance = store.get(name)
-        if instance is not None and instance.avatar == name and instance.state != State.FAILED:
-            return _reply(f"avatar {name!r} has a {instance.state.value} instance; stop it first", status=409)
-        if instance is not None:
+        if instance is not None and instance.avatar == name:  # not another avatar's instance id
+            if instance.state != State.FAILED:
+                return _reply(f"avatar {name!r} has a {instance.state.value} instance; stop it first", status=409)
             pool.forget_failed(name)
         registration.delete(settings, store, name)
         return _reply(f"avatar {name} deleted")

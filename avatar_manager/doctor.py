@@ -260,19 +260,20 @@ def check_gpus(ctx: Context) -> list[Finding]:
 # --- ports -------------------------------------------------------------------------------------
 
 def _listeners() -> dict[int, str]:
-    """Local TCP port -> 'pid N (name)' where the OS tells us; empty where it does not."""
+    """Local TCP port -> 'name, pid N' where the OS tells us; empty where it does not."""
     try:
         import psutil
-        holders = {}
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.pid and conn.laddr.port not in holders:
-                try:
-                    holders[conn.laddr.port] = f"{psutil.Process(conn.pid).name()}, pid {conn.pid}"
-                except psutil.Error:
-                    holders[conn.laddr.port] = f"pid {conn.pid}"
-        return holders
-    except Exception:  # psutil missing (reported with the dependencies) or not allowed to look
+
+        from .procs import listeners
+    except ImportError:  # psutil missing: reported with the dependencies
         return {}
+    holders = {}
+    for port, proc in listeners().items():
+        try:
+            holders[port] = f"{proc.name()}, pid {proc.pid}"
+        except psutil.Error:
+            holders[port] = f"pid {proc.pid}"
+    return holders
 
 
 def _held_by(port: int, holders: dict[int, str]) -> str:
@@ -291,9 +292,7 @@ def check_ports(ctx: Context) -> list[Finding]:
     if is_free(s.port):
         found.append(ok(f"manager port {s.port} free"))
     else:
-        host = "127.0.0.1" if s.host in ("0.0.0.0", "", "::") else s.host
-        host = f"[{host}]" if ":" in host else host
-        body = get_json(f"http://{host}:{s.port}/health", PROBE_TIMEOUT) or {}
+        body = get_json(s.api_url + "/health", PROBE_TIMEOUT) or {}
         if body.get("service") == "avatar-manager":
             found.append(ok(f"manager port {s.port}: a manager already runs there (version {body.get('version')})"))
         else:

@@ -10,7 +10,7 @@ log = logging.getLogger("avatar_manager.gpus")
 _MB = 1024 * 1024
 _init_lock = threading.Lock()
 _init_error: str | None = None
-_initialised = False
+_module = None  # pynvml, once nvmlInit succeeded
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,10 @@ class Gpu:
 
 def _nvml():
     """The initialised pynvml module, or None with the reason kept in _init_error."""
-    global _init_error, _initialised
+    global _init_error, _module
     with _init_lock:
-        if _initialised:
-            return _pynvml()
-        if _init_error is not None:
-            return None
+        if _module is not None or _init_error is not None:
+            return _module
         try:
             import pynvml
             pynvml.nvmlInit()
@@ -42,15 +40,10 @@ def _nvml():
         except Exception as exc:  # pynvml.NVMLError and its library/driver-not-found subclasses
             _init_error = f"NVML unavailable: {exc}"
         else:
-            _initialised = True
-            return pynvml
+            _module = pynvml
+            return _module
         log.info("%s; instances run on the CPU", _init_error)
         return None
-
-
-def _pynvml():
-    import pynvml
-    return pynvml
 
 
 def unavailable_reason() -> str | None:

@@ -9,7 +9,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -81,15 +83,39 @@ def exit_code(proc: subprocess.Popen | psutil.Process) -> str:
     return str(proc.returncode) if isinstance(proc, subprocess.Popen) else "unknown: adopted, not our child"
 
 
-def listener(port: int) -> psutil.Process | None:
-    """The process listening on a TCP port of this host, if we may see it."""
+def listeners() -> dict[int, psutil.Process]:
+    """Local TCP port -> the process listening on it, where the OS lets us see."""
+    found: dict[int, psutil.Process] = {}
     try:
         for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                return psutil.Process(conn.pid)
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid and conn.laddr.port not in found:
+                found[conn.laddr.port] = psutil.Process(conn.pid)
     except psutil.Error:
         pass
-    return None
+    return found
+
+
+class Outcome(Enum):
+    READY = "ready"
+    EXITED = "exited"
+    TIMED_OUT = "timed out"
+    CANCELLED = "cancelled"
+
+
+def wait_ready(proc: subprocess.Popen, is_ready: Callable[[], bool], timeout: float,
+               cancelled: Callable[[], bool] = lambda: False) -> Outcome:
+    """Until a child we just spawned is ready, exits, runs out of time, or is no longer wanted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            return Outcome.EXITED
+        if is_ready():
+            return Outcome.READY
+        if time.monotonic() >= deadline:
+            return Outcome.TIMED_OUT
+        if cancelled():
+            return Outcome.CANCELLED
+        time.sleep(0.05)
 
 
 def start_time(pid: int) -> float:

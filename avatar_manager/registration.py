@@ -7,10 +7,12 @@ supervisor runs that same command for it, as a child of its own, and the job rec
 """
 from __future__ import annotations
 
+import secrets
 import shutil
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Callable
 
 from lipsync_worker.avatar_config import AvatarError, avatar_dir, check_name, is_livetalking, read_config
 
@@ -145,11 +147,35 @@ def uploads_dir(settings: Settings) -> Path:
     return settings.data_dir / "uploads"
 
 
-def new_job(store: Store, name: str, upload: Path, meta: dict) -> dict:
-    now = time.time()
-    job = {"id": upload.parent.name, "avatar": name, "state": "queued", "created": now, "updated": now,
-           "upload": str(upload), "meta": meta, "record": None, "error": None}
-    store.put_doc("job", job["id"], job)
+def submit(settings: Settings, store: Store, name: str, meta: dict, save: Callable[[Path], None]) -> dict:
+    """Lock the name, store the upload (`save` writes it to the path given) and queue a job for the
+    supervisor; on any failure nothing stays behind."""
+    job_id = secrets.token_hex(8)
+    lock(store, name, f"job:{job_id}")
+    folder = uploads_dir(settings) / job_id
+    try:
+        folder.mkdir(parents=True)
+        save(folder / "upload")
+        if (folder / "upload").stat().st_size > settings.max_avatar_file_bytes:
+            raise RegistrationError(413, f"the file is larger than MAX_AVATAR_FILE_SIZE="
+                                         f"{settings.max_avatar_file_bytes / 2**20:g} MB")
+        now = time.time()
+        job = {"id": job_id, "avatar": name, "state": "queued", "created": now, "updated": now,
+               "upload": str(folder / "upload"), "meta": meta, "record": None, "error": None}
+        store.put_doc("job", job_id, job)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        unlock(store, name)
+        raise
+    return job
+
+
+def wait(store: Store, job: dict, timeout: float) -> dict:
+    """The job once finished, or as it stands after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while job["state"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = store.get_doc("job", job["id"]) or job
     return job
 
 

@@ -73,6 +73,12 @@ class Settings:
         return range(self.base_port, self.base_port + self.max_avatars)
 
     @property
+    def api_url(self) -> str:
+        """Where this host reaches the API (a wildcard bind is reached on loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
     def avatars_dir(self) -> Path:
         return self.data_dir / "avatars"
 

@@ -53,7 +53,8 @@ class Supervisor:
         self.store = store
         self.api_argv = api_argv
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir, settings.startup_timeout, settings.stop_timeout)
+        self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir,
+                              settings.startup_timeout, settings.stop_timeout)
         self.children: dict[str, Child] = {}
         self.busy: set[str] = set()            # avatars with a step in flight
         self.next_probe: dict[str, float] = {}  # avatar -> when to check its /health again
@@ -67,6 +68,7 @@ class Supervisor:
         self.api_started = 0.0
         self.ready_told = False
         self.signals: list[int] = []
+        self.child_exited = False              # a SIGCHLD came: there may be strays to reap
         self.wakeup = threading.Event()
 
     # --- the loop ------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._enqueue_signal)
         # A child's exit wakes the loop at once, which then collects it (waitpid) and acts.
-        signal.signal(signal.SIGCHLD, lambda signum, frame: self.wakeup.set())
+        signal.signal(signal.SIGCHLD, self._enqueue_child_exit)
         self._become_subreaper()
         log.info("supervisor %s starting", self.holder)
         try:
@@ -94,6 +96,13 @@ class Supervisor:
     def _enqueue_signal(self, signum, frame) -> None:
         self.signals.append(signum)
         self.wakeup.set()
+
+    def _enqueue_child_exit(self, signum, frame) -> None:
+        self.child_exited = True
+        self.wakeup.set()
+
+    def _shutting_down(self) -> bool:
+        return bool(self.signals)
 
     @staticmethod
     def _become_subreaper() -> None:
@@ -115,7 +124,8 @@ class Supervisor:
         if not leader:
             return
         if not self.ready_told and self._api_answers():
-            self.ready_told = systemd.notify("READY=1") or True
+            systemd.notify("READY=1")
+            self.ready_told = True
         self._notice_exits()
         for instance in self.store.list():
             self._step(instance, now)
@@ -130,7 +140,9 @@ class Supervisor:
             if now >= due and f"tts:{name}" not in self.busy:
                 del self.tts_restart_at[name]
                 self._submit(f"tts:{name}", self._restart_tts, self.tts.models[name])
-        self._reap_strays()
+        if self.child_exited:  # not every tick: listing our children reads /proc
+            self.child_exited = False
+            self._reap_strays()
 
     def _step(self, instance: Instance, now: float) -> None:
         avatar = instance.avatar
@@ -147,14 +159,16 @@ class Supervisor:
             self.store.transition(avatar, {State.BACKOFF}, State.STARTING, pid=0, pid_started=0.0)
         elif state == State.RUNNING and not owned:
             self._crashed(instance, "its process is gone")
-        elif (state == State.RUNNING and instance.connections == 0 and instance.idle_since
-              and now - instance.idle_since >= self.settings.idle_timeout):
-            if self.store.stop_if_idle(avatar, now - self.settings.idle_timeout):
+        elif state == State.RUNNING:
+            if (instance.connections == 0 and instance.idle_since
+                    and now - instance.idle_since >= self.settings.idle_timeout
+                    and self.store.stop_if_idle(avatar, now - self.settings.idle_timeout)):
                 log.info("%s: idle for %.0f s; stopping", avatar, now - instance.idle_since)
                 self.wakeup.set()
-        elif state == State.RUNNING and now >= self.next_probe.get(avatar, 0.0):
-            self.next_probe[avatar] = now + self.settings.health_check_interval
-            self._submit(avatar, self.probe, instance)
+            # Not idle (it may have a live session): its health, and its session count, are checked.
+            elif now >= self.next_probe.get(avatar, 0.0):
+                self.next_probe[avatar] = now + self.settings.health_check_interval
+                self._submit(avatar, self.probe, instance)
 
     def _submit(self, key: str, step, subject) -> None:
         """Run step(subject) in a thread; nothing else runs for `key` (an avatar) meanwhile."""
@@ -173,10 +187,11 @@ class Supervisor:
         self.steps.submit(run)
 
     def _restart_tts(self, model: TtsModel) -> None:
-        problem = self.tts.ensure(model)
+        problem = self.tts.ensure(model, self._shutting_down)
         if problem:
             log.error("%s", problem)
-            self.tts_restart_at[model.name] = time.time() + backoff_delay(self.tts_failures.get(model.name, 1))
+            count = self.tts_failures[model.name] = self.tts_failures.get(model.name, 0) + 1
+            self.tts_restart_at[model.name] = time.time() + backoff_delay(count)
         else:
             self.tts_failures.pop(model.name, None)
 
@@ -244,7 +259,7 @@ class Supervisor:
             spec = avatar_spec(self.settings, avatar)
         except ValueError as exc:
             return self._start_failed(instance, None, str(exc))
-        problem = self.tts.ensure(spec.tts)
+        problem = self.tts.ensure(spec.tts, self._shutting_down)
         if problem:
             log.warning("%s: %s; the worker falls back to the offline voice", avatar, problem)
         if not ports.is_free(instance.port):
@@ -258,22 +273,25 @@ class Supervisor:
                                      pid_started=procs.start_time(proc.pid)):
             return  # stopped meanwhile; the stop step kills it
         log.info("%s: spawned pid %d on port %d (GPU %d)", avatar, proc.pid, instance.port, instance.gpu)
-        deadline = started + self.settings.startup_timeout
-        while True:
-            if proc.poll() is not None:
-                return self._start_failed(instance, proc, f"the worker exited with code {proc.returncode} "
-                                                         f"while starting; its log ({path}) ends:\n"
-                                                         f"{procs.log_tail(path)}")
-            if procs.worker_health(instance.port, instance.token, timeout=0.5):
-                break
-            if time.monotonic() >= deadline:
-                return self._start_failed(instance, proc, f"the worker did not answer /health within "
-                                                         f"STARTUP_TIMEOUT={self.settings.startup_timeout:g} s; "
-                                                         f"its log ({path}) ends:\n{procs.log_tail(path)}")
+
+        def not_wanted() -> bool:  # a stop came in, or we are shutting down: the stop step takes over
             current = self.store.get(avatar)
-            if current is None or current.state != State.STARTING or self.signals:
-                return  # a stop came in (or we are shutting down); the stop step takes over
-            time.sleep(0.05)
+            return current is None or current.state != State.STARTING or self._shutting_down()
+
+        def healthy() -> bool:
+            return procs.worker_health(instance.port, instance.token, timeout=0.5) is not None
+
+        outcome = procs.wait_ready(proc, healthy, started + self.settings.startup_timeout - time.monotonic(),
+                                   not_wanted)
+        if outcome == procs.Outcome.CANCELLED:
+            return
+        if outcome == procs.Outcome.EXITED:
+            return self._start_failed(instance, proc, f"the worker exited with code {proc.returncode} while "
+                                                     f"starting; its log ({path}) ends:\n{procs.log_tail(path)}")
+        if outcome == procs.Outcome.TIMED_OUT:
+            return self._start_failed(instance, proc, f"the worker did not answer /health within "
+                                                     f"STARTUP_TIMEOUT={self.settings.startup_timeout:g} s; "
+                                                     f"its log ({path}) ends:\n{procs.log_tail(path)}")
         now = time.time()
         ready = self.store.transition(avatar, {State.STARTING}, State.RUNNING, ready_at=now, reserved_mb=0,
                                       error="")
@@ -346,17 +364,25 @@ class Supervisor:
         self.store.put_doc("job", job["id"], job)
         path = self.settings.log_dir / f"register_{job['avatar']}.log"
         proc = procs.spawn(registration.job_argv(job), procs.child_env(keep=("REDIS_URL",)), path)
+        deadline = time.monotonic() + self.settings.register_timeout
         try:
-            proc.wait(timeout=self.settings.register_timeout)
-        except subprocess.TimeoutExpired:
-            procs.kill_tree(proc, self.settings.stop_timeout)
+            # Bounded, and given up at shutdown rather than holding the manager's exit for minutes.
+            while proc.poll() is None:
+                if time.monotonic() >= deadline or self._shutting_down():
+                    procs.kill_tree(proc, self.settings.stop_timeout)
+                    break
+                try:
+                    proc.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
         finally:
             registration.unlock(self.store, job["avatar"])
             shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
         done = self.store.get_doc("job", job["id"]) or job
         if done["state"] not in ("done", "failed"):  # it crashed or ran out of time
-            why = (f"registration did not finish within REGISTER_TIMEOUT={self.settings.register_timeout:g} s"
-                   if proc.returncode is None or proc.returncode < 0 else
+            why = ("registration stopped: the manager is shutting down" if self._shutting_down() else
+                   f"registration did not finish within REGISTER_TIMEOUT={self.settings.register_timeout:g} s"
+                   if proc.returncode < 0 else
                    f"registration failed (exit code {proc.returncode}): {procs.log_tail(path, 5)}")
             registration.finish_job(self.store, done, error={"status": 500, "message": why})
         log.info("registration of %s: %s", job["avatar"], (self.store.get_doc("job", job["id"]) or {}).get("state"))
@@ -438,9 +464,7 @@ class Supervisor:
     def _api_answers(self) -> bool:
         if self.api_argv is None:
             return True
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.settings.host, self.settings.host)
-        host = f"[{host}]" if ":" in host else host
-        return procs.get_json(f"http://{host}:{self.settings.port}/health", timeout=0.5) is not None
+        return procs.get_json(self.settings.api_url + "/health", timeout=0.5) is not None
 
     # --- shutdown --------------------------------------------------------------------------------
 

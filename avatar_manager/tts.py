@@ -5,9 +5,9 @@ import logging
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tts_services.models import MODELS, canonical_model
 
@@ -65,27 +65,29 @@ class TtsServers:
         self._procs: dict[str, subprocess.Popen | psutil.Process] = {}
         self._locks = {name: threading.Lock() for name in models}
 
-    def ensure(self, model: TtsModel) -> str | None:
+    def ensure(self, model: TtsModel, cancelled: Callable[[], bool] = lambda: False) -> str | None:
         """Make sure the model's server answers; None when it does, else why it does not."""
         with self._locks[model.name]:
             if serving(model):
                 return None
             proc = self._procs.get(model.name)
-            if proc is not None and procs.alive(proc):
+            if proc is not None:
+                del self._procs[model.name]
                 procs.kill_tree(proc, self.stop_timeout)  # ours, but not answering
             log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
             log.info("starting the %s TTS server on port %d", model.name, model.port)
             proc = procs.spawn(model.argv(), procs.child_env(**{OWNER_ENV: self.owner}), log_path)
-            self._procs[model.name] = proc
-            deadline = time.monotonic() + self.startup_timeout
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    return (f"the {model.name} TTS server exited with code {proc.returncode}: "
-                            f"{procs.log_tail(log_path, 5)}")
-                if serving(model, timeout=0.5):
-                    return None
-                time.sleep(0.05)
+            outcome = procs.wait_ready(proc, lambda: serving(model, timeout=0.5), self.startup_timeout, cancelled)
+            if outcome == procs.Outcome.READY:
+                self._procs[model.name] = proc
+                return None
+            # Not one of ours to restart later: the next worker that needs it tries again.
             procs.kill_tree(proc, self.stop_timeout)
+            if outcome == procs.Outcome.EXITED:
+                return (f"the {model.name} TTS server exited with code {proc.returncode}: "
+                        f"{procs.log_tail(log_path, 5)}")
+            if outcome == procs.Outcome.CANCELLED:
+                return f"the {model.name} TTS server was not waited for: shutting down"
             return f"the {model.name} TTS server did not answer within {self.startup_timeout:g} s"
 
     def pids(self) -> set[int]:
@@ -108,8 +110,9 @@ class TtsServers:
 
     def adopt(self) -> None:
         """Own the TTS servers an earlier manager of ours left running (it was SIGKILLed)."""
+        listening = procs.listeners()
         for model in self.models.values():
-            proc = procs.listener(model.port)
+            proc = listening.get(model.port)
             if proc is None or model.name in self._procs:
                 continue
             try:

@@ -11,7 +11,8 @@ misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
   fork:N           start N grandchildren that sleep
   slow:S           wait S seconds before listening
 /health also reports its argv and CUDA_VISIBLE_DEVICES, so tests can check how it was started, and
-"sessions" from config.json (live WebRTC sessions, as the real worker counts them; default 0).
+"sessions" from config.json, read at every request (live WebRTC sessions, as the real worker
+counts them; default 0), so a test can open and close sessions by editing it.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def main() -> None:
     parser.add_argument("--avatar_id", required=True)
     parser.add_argument("--listenport", type=int, required=True)
     args, _ = parser.parse_known_args()
-    config = json.loads((Path(os.environ["AVATAR_DATA_DIR"]) / "avatars" / args.avatar_id / "config.json").read_text())
+    config_file = Path(os.environ["AVATAR_DATA_DIR"]) / "avatars" / args.avatar_id / "config.json"
+    config = json.loads(config_file.read_text())
     faults = config.get("fault") or []
     faults = [faults] if isinstance(faults, str) else faults
     token = os.environ["INSTANCE_TOKEN"]
@@ -61,16 +63,16 @@ def main() -> None:
         if name == "freeze_after":
             threading.Timer(float(value), frozen.set).start()
 
-    health = json.dumps({"status": "ok", "instance_token": token, "pid": os.getpid(), "avatar": args.avatar_id,
-                         "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                         "children": [c.pid for c in children],
-                         "sessions": int(config.get("sessions", 0))}).encode()
+    health = {"status": "ok", "instance_token": token, "pid": os.getpid(), "avatar": args.avatar_id,
+              "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+              "children": [c.pid for c in children]}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             if frozen.is_set():
                 time.sleep(3600)
-            body = health if self.path == "/health" else b"{}"
+            sessions = int(json.loads(config_file.read_text()).get("sessions", 0))
+            body = json.dumps({**health, "sessions": sessions}).encode() if self.path == "/health" else b"{}"
             self.send_response(200 if self.path == "/health" else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -37,7 +37,7 @@ def nvml(monkeypatch):
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, "pynvml", module)
         spec.loader.exec_module(module)
-        monkeypatch.setattr(gpus, "_initialised", False)
+        monkeypatch.setattr(gpus, "_module", None)
         monkeypatch.setattr(gpus, "_init_error", None)
         return module
     return install
@@ -87,7 +87,7 @@ def test_nvml_init_error_means_no_gpus_and_says_why(nvml, error, why):
 
 def test_no_nvidia_ml_py_means_no_gpus_and_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
-    monkeypatch.setattr(gpus, "_initialised", False)
+    monkeypatch.setattr(gpus, "_module", None)
     monkeypatch.setattr(gpus, "_init_error", None)
     assert gpus.read_gpus(None) == []
     assert "nvidia-ml-py is not installed" in gpus.unavailable_reason()

@@ -2,6 +2,7 @@
 FAILED, and a manager killed outright is replaced by one that adopts the live workers."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -96,3 +97,8 @@ def test_an_instance_with_a_live_session_is_never_idle(manager):
     assert m.post("/avatar/disconnect", {"avatar_name": "watched"}).json()["data"]["connections"] == 0
     time.sleep(2)  # four idle timeouts
     assert info(m, "watched")["state"] == "RUNNING"
+    # The viewer leaves: the health checks go on, see it, and the idle instance is stopped.
+    folder = m.data_dir / "avatars" / "watched"
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
+                                                    "sessions": 0}))
+    wait_for(lambda: info(m, "watched") is None, what="the instance stopped once nobody watches")
