@@ -6,13 +6,15 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request, send_file
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, metrics, registration
+from . import __version__, metrics, registration, relay, tts
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
 from .logs import setup_logging
@@ -21,6 +23,16 @@ from .settings import Settings
 from .store import CapacityError, NotFound, StoreError, open_store
 
 log = logging.getLogger("avatar_manager.api")
+WEB = Path(__file__).parent / "web"
+# The console loads only its own files; `blob:` previews come from fetches that carry the API token.
+# Any site may frame it: /?avatar=NAME&autostart=1 is meant for embedding.
+CONSOLE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                  "connect-src 'self'; frame-ancestors *; base-uri 'none'; form-action 'none'")
+
+
+def _open(path: str) -> bool:
+    """Served without the API token: a browser must load the console to be asked for the token."""
+    return path in ("/", "/health") or path.startswith("/static/")
 
 
 def _reply(message: str, data=None, status: int = 200, **extra) -> tuple[Response, int]:
@@ -63,7 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     setup_logging(None)
     store = open_store(settings)
     pool = Pool(settings, store)
-    app = Flask("avatar_manager")
+    app = Flask("avatar_manager", static_folder=WEB, static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     if settings.cors_origins:
@@ -71,12 +83,21 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def authenticate():
-        if not settings.api_token or request.path == "/health" or request.method == "OPTIONS":
+        if not settings.api_token or _open(request.path) or request.method == "OPTIONS":
             return None
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_token}".encode()):
             return _reply("missing or wrong API token (Authorization: Bearer ...)", status=401)
         return None
+
+    @app.before_request
+    def body_limit():
+        # Refused from Content-Length before the body is read; a chunked body stops being read at
+        # the limit. A registration's file part goes to a temporary file, not memory.
+        if request.endpoint == "register":
+            request.max_content_length = settings.max_avatar_file_bytes + 64 * 1024
+        elif request.endpoint == "relayed":
+            request.max_content_length = relay.body_limit(request.view_args["path"])
 
     @app.errorhandler(BadRequest)
     def bad_request(exc):
@@ -104,6 +125,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     def internal(exc):
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _reply(f"internal error: {type(exc).__name__}", status=500)
+
+    @app.after_request
+    def no_sniffing(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @app.get("/health")
     def health():
@@ -198,18 +224,49 @@ def create_app(settings: Settings | None = None) -> Flask:
     def info(key: str):
         return _reply("ok", pool.find(key).to_api(_host()))
 
+    @app.get("/tts")
+    def tts_servers():
+        """One line per voice model: is a server of it answering on its port (started lazily)."""
+        models = list(tts.table(settings.tts_ports).values())
+        with ThreadPoolExecutor(len(models)) as probes:
+            healths = list(probes.map(lambda m: tts.probe(m, timeout=0.5), models))
+        servers = [{"model": m.name, "port": m.port, "running": h is not None,
+                    "uptime_seconds": h.get("uptime_seconds") if h else None} for m, h in zip(models, healths)]
+        return _reply("ok", servers, count=len(servers))
+
+    # --- the signalling relay: LiveTalking's worker routes, reached through the manager -----------
+
+    @app.post(f"/avatar/<key>/<any({', '.join(relay.RELAYED)}):path>")
+    def relayed(key: str, path: str):
+        """Answers in the worker's own format, {"code": ...}, errors included."""
+        try:
+            answer = relay.forward(pool.find(key), path, request.get_data(),
+                                   request.content_type or "application/json")
+        except (BadRequest, NotFound, relay.RelayError) as exc:
+            status = 400 if isinstance(exc, BadRequest) else 404 if isinstance(exc, NotFound) else exc.status
+            return jsonify({"code": -1, "msg": str(exc)}), status
+        return Response(answer.body, status=answer.status, content_type=answer.content_type)
+
+    # --- the web console ---------------------------------------------------------------------------
+
+    @app.get("/")
+    def console():
+        response = send_file(WEB / "index.html", max_age=0)
+        response.headers["Content-Security-Policy"] = CONSOLE_POLICY
+        return response
+
+    @app.get("/console/config")
+    def console_config():
+        """What the page needs to know: chat available, the STUN/TURN servers, limits."""
+        return _reply("ok", {"chat": settings.chat, "ice_servers": settings.ice_servers,
+                             "tts_models": sorted(settings.tts_ports),
+                             "max_upload_bytes": settings.max_avatar_file_bytes, "version": __version__})
+
     # --- registration ----------------------------------------------------------------------------
 
     @app.errorhandler(registration.RegistrationError)
     def refused(exc):
         return _reply(str(exc), status=exc.status, **exc.detail)
-
-    @app.before_request
-    def upload_limit():
-        if request.endpoint == "register":
-            # Refused from Content-Length before the body is read; a chunked body stops being read
-            # at the limit. The file part goes to a temporary file, not memory.
-            request.max_content_length = settings.max_avatar_file_bytes + 64 * 1024
 
     @app.post("/avatar/register")
     def register():

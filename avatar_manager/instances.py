@@ -68,6 +68,7 @@ class Instance:
     retry_at: float = 0.0     # BACKOFF ends
     sessions: int = 0         # live WebRTC sessions, as the worker's /health last said
     active_at: float = 0.0    # the last join, or the last health check that saw a live session
+    restarts: int = 0         # times the worker was started again: after crashes, and on request
 
     def to_record(self) -> dict[str, str]:
         """Flat strings, for Redis hashes."""
@@ -79,6 +80,8 @@ class Instance:
         kinds = {f.name: f.type for f in fields(cls)}
         values = {}
         for name, kind in kinds.items():
+            if name not in record:
+                continue  # written before the field existed: its default
             raw = record[name]
             if kind == "State":
                 values[name] = State(raw)
@@ -108,5 +111,6 @@ class Instance:
             "webrtc_url": f"http://{host}:{self.port}/offer" if self.port else None,
             "connections": self.connections,
             "sessions": self.sessions,
+            "restarts": self.restarts,
             "error": self.error or None,
         }

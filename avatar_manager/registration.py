@@ -82,7 +82,8 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
     except UnsupportedMedia as exc:
         raise RegistrationError(415, str(exc), detected=exc.detected) from None
     except QualityError as exc:
-        raise RegistrationError(422, str(exc), reasons=list(exc.reasons)) from None
+        measured = {k: v for k, v in exc.metrics.items() if k != "faces_per_frame"}
+        raise RegistrationError(422, str(exc), reasons=list(exc.reasons), metrics=measured) from None
     except AvatarError as exc:
         raise RegistrationError(422, str(exc)) from None
     config = read_config(settings.data_dir, name)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lipsync_worker.ice import parse_ice_servers
 from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
 from tts_services.settings import ConfigError, number
 
@@ -42,6 +43,13 @@ def _redis_url(raw: str) -> str | None:
     return raw
 
 
+def _ice_servers(raw: str) -> list[dict]:
+    try:
+        return parse_ice_servers(raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -67,6 +75,8 @@ class Settings:
     max_avatar_file_bytes: int   # uploads for registration (MAX_AVATAR_FILE_SIZE, in MB)
     register_timeout: float      # a registration still running after this is killed
     register_wait: float         # POST /avatar/register answers with the result within this, else 202
+    ice_servers: list[dict]      # ICE_SERVERS, for the web console (workers read the same variable)
+    chat: bool                   # LLM_URL is set, so workers (who inherit it) answer type "chat"
 
     @property
     def ports(self) -> range:
@@ -109,6 +119,8 @@ class Settings:
             max_avatar_file_bytes=int(number(env, "MAX_AVATAR_FILE_SIZE", 50.0, 0.001) * 1024 * 1024),
             register_timeout=number(env, "REGISTER_TIMEOUT", 300.0, 1.0),
             register_wait=number(env, "REGISTER_WAIT", 60.0, 0.0),
+            ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
+            chat=bool(env.get("LLM_URL")),
         )
         if settings.base_port + settings.max_avatars - 1 > 65535:
             raise ConfigError(f"AVATAR_BASE_PORT={settings.base_port} + MAX_AVATARS={settings.max_avatars} "

@@ -156,7 +156,8 @@ class Supervisor:
         elif state == State.STOPPING:
             self._submit(avatar, self.stop, instance)
         elif state == State.BACKOFF and now >= instance.retry_at:
-            self.store.transition(avatar, {State.BACKOFF}, State.STARTING, pid=0, pid_started=0.0)
+            self.store.transition(avatar, {State.BACKOFF}, State.STARTING, pid=0, pid_started=0.0,
+                                  restarts=instance.restarts + 1)
         elif state == State.RUNNING and not owned:
             self._crashed(instance, "its process is gone")
         elif state == State.RUNNING:
@@ -404,7 +405,7 @@ class Supervisor:
         current = self.store.get(avatar)
         if current is not None and current.restart:
             self.store.transition(avatar, {State.STOPPING}, State.STARTING, restart=False, pid=0,
-                                  pid_started=0.0, error="", failures=0)
+                                  pid_started=0.0, error="", failures=0, restarts=current.restarts + 1)
             log.info("%s: restarting", avatar)
         elif self.store.transition(avatar, {State.STOPPING}, State.STOPPED, pid=0):
             self.store.remove(avatar, State.STOPPED)

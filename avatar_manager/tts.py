@@ -46,9 +46,14 @@ def model_for(models: dict[str, TtsModel], tts_model: str) -> TtsModel:
     return models[canonical_model(tts_model)]
 
 
-def serving(model: TtsModel, timeout: float = 1.0) -> bool:
+def probe(model: TtsModel, timeout: float = 1.0) -> dict | None:
+    """The model's server's /health, when a server of that model answers on its port."""
     body = procs.get_json(model.health_url, timeout)
-    return body is not None and body.get("status") == "ok" and body.get("model") == model.name
+    return body if body is not None and body.get("status") == "ok" and body.get("model") == model.name else None
+
+
+def serving(model: TtsModel, timeout: float = 1.0) -> bool:
+    return probe(model, timeout) is not None
 
 
 class TtsServers:

@@ -19,6 +19,7 @@ from tts_services.audio import decode_file
 from tts_services.engines.base import AudioChunk
 
 from .avatars import Avatar
+from .limits import MAX_AUDIO_BYTES, MAX_JSON_BYTES
 from .llm import ChatLLM
 from .media import Stage
 from .metrics import METRICS
@@ -27,8 +28,6 @@ from .settings import WorkerSettings
 
 log = logging.getLogger("lipsync_worker")
 
-MAX_JSON_BYTES = 64 * 1024
-MAX_AUDIO_BYTES = 20 * 1024 * 1024
 PAGE = Path(__file__).parent / "web" / "index.html"
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import secrets
@@ -13,6 +12,8 @@ from aiortc import RTCIceServer
 
 from ports_config import WORKER_PORT
 from tts_services.settings import number
+
+from .ice import parse_ice_servers
 
 log = logging.getLogger("lipsync_worker")
 
@@ -63,14 +64,8 @@ def data_dir(env=os.environ) -> Path:
 
 
 def _ice_servers(raw: str) -> list[RTCIceServer]:
-    """ICE_SERVERS='[{"urls": "turn:host:3478", "username": "u", "credential": "p"}]'."""
-    if not raw:
-        return []
-    try:
-        return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
-                for s in json.loads(raw)]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"ICE_SERVERS must be a JSON list of {{urls, username?, credential?}}: {exc}") from exc
+    return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in parse_ice_servers(raw)]
 
 
 def from_args(argv: list[str] | None = None) -> WorkerSettings:

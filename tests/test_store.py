@@ -365,3 +365,28 @@ def test_a_claimed_document_is_taken_once_until_it_expires(store):
     assert store.get_doc("registering", "anna") == {"job": 3}
     store.put_doc("avatar", "anna", {"name": "anna"})  # a plain document never expires
     assert not store.claim_doc("avatar", "anna", {"name": "other"}, ttl=10, now=NOW + 10**6)
+
+
+def test_a_store_written_before_a_field_existed_reads_it_as_its_default(tmp_path, redis_url):
+    """An upgrade keeps the records of the running fleet: `restarts` came later than the rest."""
+    import sqlite3
+
+    old = SqliteStore(tmp_path / "old.db")
+    old.claim(claim("alice"))
+    old.close()
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute("ALTER TABLE instances DROP COLUMN restarts")
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path / "old.db")
+    assert store.get("alice").restarts == 0
+    store.transition("alice", {State.STARTING}, State.STARTING, restarts=2)
+    assert store.get("alice").restarts == 2
+    store.close()
+
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store = RedisStore(redis_url, prefix=prefix)
+    store.claim(claim("alice"))
+    assert store._redis.hdel(f"{prefix}inst:alice", "restarts") == 1
+    assert store.get("alice").restarts == 0
+    store.close()

@@ -6,32 +6,8 @@ import time
 import pytest
 import requests
 
-from browser import chromium
+from browser import chromium, screenshot, watch_video
 from conftest import ROOT
-
-ARTIFACTS = ROOT / "artifacts"
-
-# Counts decoded frames for two seconds and samples the picture through a canvas.
-WATCH = """
-const done = arguments[arguments.length - 1];
-const video = document.getElementById("video");
-let frames = 0;
-const count = () => { frames++; video.requestVideoFrameCallback(count); };
-video.requestVideoFrameCallback(count);
-const t0 = video.currentTime;
-setTimeout(() => {
-  const canvas = document.createElement("canvas");
-  canvas.width = video.videoWidth; canvas.height = video.videoHeight;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(video, 0, 0);
-  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-  let sum = 0, sumSq = 0;
-  for (let i = 0; i < pixels.length; i += 4) { const g = (pixels[i] + pixels[i+1] + pixels[i+2]) / 3; sum += g; sumSq += g * g; }
-  const n = pixels.length / 4, mean = sum / n;
-  done({frames, width: video.videoWidth, height: video.videoHeight, advanced: video.currentTime - t0,
-        mean, std: Math.sqrt(sumSq / n - mean * mean), session: window.avatarSession});
-}, 2000);
-"""
 
 
 @pytest.fixture
@@ -49,9 +25,8 @@ def test_the_page_plays_the_avatar_and_makes_it_speak(worker):
         while not browser.execute_script("const v = document.getElementById('video'); return v.videoWidth > 0"):
             assert time.monotonic() < deadline, browser.find_element("id", "status").text
             time.sleep(0.1)
-        seen = browser.execute_async_script(WATCH)
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "worker_page.png"))
+        seen = watch_video(browser)
+        screenshot(browser, "worker_page")
         assert (seen["width"], seen["height"]) == (512, 512)
         assert seen["frames"] >= 40 and seen["advanced"] > 1.5     # ~25 fps for 2 s, time moving
         assert 60 < seen["mean"] < 200 and seen["std"] > 30        # a picture, not a black or flat frame

@@ -27,6 +27,10 @@ _SCHEMA = [
 ]
 
 
+def _literal(value) -> str:
+    return repr(int(value) if isinstance(value, bool) else value)
+
+
 def _in(states) -> str:
     return ",".join(f"'{State(s).value}'" for s in states)
 
@@ -42,6 +46,12 @@ class SqliteStore(Store):
         with self._tx() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
+            # A store written by an older version lacks the newer fields: add them with their defaults.
+            present = {row["name"] for row in db.execute("PRAGMA table_info(instances)")}
+            for f in fields(Instance):
+                if f.name not in present:
+                    db.execute(f"ALTER TABLE instances ADD COLUMN {f.name} {_TYPES.get(f.type, 'TEXT')} "
+                               f"NOT NULL DEFAULT {_literal(f.default)}")
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread and per process: a connection must not cross a fork.

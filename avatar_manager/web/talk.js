@@ -1,0 +1,279 @@
+// Talk: pick an avatar, start it, see and hear it over WebRTC, make it speak.
+// The manager counts this page as one connection from /avatar/start until /avatar/disconnect, or
+// until the page goes away. Signalling goes through the manager's relay (/avatar/NAME/offer ...),
+// so only the manager's port must be reachable; the media flows straight from the worker.
+import { get, imageUrl, post, postOnExit } from "./api.js";
+import { t } from "./i18n.js";
+import { clearProblem, showError, showProblem } from "./notice.js";
+
+const $ = (id) => document.getElementById(id);
+const video = $("video");
+const CONNECT_TIMEOUT_MS = 20000;  // not connected by then: the network blocks WebRTC
+const GATHER_TIMEOUT_MS = 5000;    // ICE candidates of the local machine; a browser has them in ms
+const previews = new Map();        // avatar name -> object URL of its preview
+
+let settings = { chat: false, ice_servers: [] };
+let current = null;  // the avatar on stage: {name, joined, pc, sessionid, watchdog, connected}
+let level = null;    // the audio meter: {context, timer}
+
+function setConnection(state) {
+  $("connection").dataset.state = state;
+  $("connection").textContent = t(`state.${state}`);
+  const live = state === "connected";
+  for (const id of ["text", "speak", "interrupt"]) $(id).disabled = !live;
+  $("connect").hidden = !["idle", "failed", "closed", "disconnected"].includes(state);
+  $("leave").hidden = ["idle", "failed", "closed"].includes(state);
+}
+
+// --- the gallery -------------------------------------------------------------------------------
+
+function card(record, instance) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "card";
+  button.dataset.avatar = record.name;
+  const img = document.createElement("img");
+  img.alt = record.name;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = record.name;
+  button.append(img, name);
+  if (record.description) {
+    const about = document.createElement("span");
+    about.className = "about";
+    about.dir = "auto";
+    about.textContent = record.description;
+    button.append(about);
+  }
+  if (instance) {
+    const badge = document.createElement("span");
+    badge.className = `badge ${instance.state}`;
+    badge.textContent = instance.state === "RUNNING" ? t("gallery.running", { n: instance.connections }) : instance.state;
+    button.append(badge);
+  }
+  if (previews.has(record.name)) {
+    img.src = previews.get(record.name);
+  } else {
+    imageUrl(`/avatar/${encodeURIComponent(record.name)}/preview`)
+      .then((url) => { previews.set(record.name, url); img.src = url; })
+      .catch(() => { img.alt = "—"; });
+  }
+  button.addEventListener("click", () => { open(record.name); connect(); });
+  return button;
+}
+
+export async function showGallery() {
+  if (current) leave();
+  $("stage").hidden = true;
+  $("gallery").hidden = false;
+  let avatars, instances;
+  try {
+    [avatars, instances] = await Promise.all([get("/avatar/avatars"), get("/avatar/list")]);
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const byName = new Map(instances.data.map((i) => [i.real_avatar_name, i]));
+  $("gallery").replaceChildren(...avatars.data.map((record) => card(record, byName.get(record.name))));
+  $("gallery-empty").hidden = avatars.data.length > 0;
+}
+
+// --- one avatar on stage -----------------------------------------------------------------------
+
+export function open(name) {
+  if (current) leave();
+  current = { name, joined: false, pc: null, sessionid: null, watchdog: null, connected: false };
+  $("gallery").hidden = true;
+  $("gallery-empty").hidden = true;
+  $("stage").hidden = false;
+  $("avatar-name").textContent = name;
+  $("transcript").replaceChildren();
+  setConnection("idle");
+}
+
+function relay(attempt, path, body) {
+  return post(`/avatar/${encodeURIComponent(attempt.name)}/${path}`, body);
+}
+
+function gathered(pc) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);  // go on with the candidates we have
+    pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
+    });
+  });
+}
+
+export async function connect() {
+  const attempt = current;
+  if (!attempt || attempt.joined) return;
+  clearProblem();
+  startMeter();  // inside the click, where a browser lets audio start
+  setConnection("starting");
+  const client = `${attempt.name}_user_web${Math.random().toString(16).slice(2, 10)}`;
+  try {
+    await post("/avatar/start", { avatar_id: client, avatar_name: attempt.name });
+    attempt.joined = true;
+    if (attempt !== current) return release(attempt);
+    setConnection("connecting");
+    const pc = attempt.pc = new RTCPeerConnection({ iceServers: settings.ice_servers });
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.addEventListener("track", (event) => attempt === current && show(event.track));
+    pc.addEventListener("connectionstatechange", () => attempt === current && changed(attempt));
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);  // aiortc does not trickle: the offer carries every candidate
+    const answer = await relay(attempt, "offer", { sdp: pc.localDescription.sdp, type: pc.localDescription.type });
+    if (attempt !== current) return release(attempt);
+    attempt.sessionid = answer.sessionid;
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+    attempt.watchdog = setTimeout(() => {
+      if (attempt === current && !attempt.connected) blocked(attempt);
+    }, CONNECT_TIMEOUT_MS);
+  } catch (error) {
+    if (attempt !== current) return release(attempt);
+    showError(error);
+    setConnection("failed");
+    release(attempt);
+  }
+}
+
+function changed(attempt) {
+  const state = attempt.pc.connectionState;
+  setConnection(state);
+  if (state === "connected") {
+    attempt.connected = true;
+    clearTimeout(attempt.watchdog);
+  } else if (state === "failed") {
+    if (attempt.connected) showProblem(t("error.lost"));
+    else blocked(attempt);
+    release(attempt);
+  }
+}
+
+function blocked(attempt) {
+  showProblem(t("error.webrtc"));
+  setConnection("failed");
+  release(attempt);
+}
+
+function show(track) {
+  if (!video.srcObject) video.srcObject = new MediaStream();
+  video.srcObject.addTrack(track);
+  if (track.kind === "audio") listen(track);
+  video.play().catch(() => {
+    // No click yet and the browser allows no sound before one: play muted, offer the sound.
+    video.muted = true;
+    $("unmute").hidden = false;
+    video.play().catch(() => {});
+  });
+}
+
+// Leaves the stage's connection: closes the peer and gives the manager its connection back (once).
+function release(attempt, leaving = false) {
+  clearTimeout(attempt.watchdog);
+  if (attempt.pc) {
+    attempt.pc.close();
+    attempt.pc = null;
+  }
+  if (attempt.joined) {
+    attempt.joined = false;
+    const body = { avatar_name: attempt.name };
+    if (leaving) postOnExit("/avatar/disconnect", body);
+    else post("/avatar/disconnect", body).catch(() => {});
+  }
+  if (attempt === current) {
+    video.srcObject = null;
+    $("unmute").hidden = true;
+  }
+}
+
+export function leave() {
+  if (!current) return;
+  release(current);
+  setConnection("closed");
+  current = null;
+  stopMeter();
+}
+
+// --- speaking ----------------------------------------------------------------------------------
+
+async function say(event) {
+  event.preventDefault();
+  const text = $("text").value.trim();
+  if (!text || !current || current.sessionid === null) return;
+  const type = $("mode").value;
+  try {
+    await relay(current, "human", { sessionid: current.sessionid, text, type, interrupt: true });
+    const line = document.createElement("li");
+    line.dir = "auto";
+    line.textContent = text;
+    $("transcript").prepend(line);
+    $("text").value = "";
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function interrupt() {
+  if (!current || current.sessionid === null) return;
+  try {
+    await relay(current, "interrupt_talk", { sessionid: current.sessionid });
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// --- the audio level, so a person sees the avatar is speaking even with the sound off ------------
+
+function startMeter() {
+  if (!level) level = { context: new AudioContext(), timer: null, value: 0 };
+  level.context.resume().catch(() => {});
+}
+
+function listen(track) {
+  if (!level) return;
+  const analyser = level.context.createAnalyser();
+  analyser.fftSize = 2048;
+  level.context.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  clearInterval(level.timer);
+  level.timer = setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    const rms = Math.sqrt(samples.reduce((sum, s) => sum + s * s, 0) / samples.length);
+    level.value = Math.max(Math.min(1, rms * 4), level.value * 0.8);  // fast up, slow down
+    $("level").value = level.value;
+  }, 100);
+}
+
+function stopMeter() {
+  if (level) clearInterval(level.timer);
+  $("level").value = 0;
+}
+
+function labelChat() {
+  const chat = $("mode").querySelector("option[value=chat]");
+  chat.disabled = !settings.chat;
+  chat.title = settings.chat ? "" : t("talk.chat_off");
+}
+
+export function init(consoleSettings) {
+  settings = consoleSettings;
+  labelChat();
+  $("say").addEventListener("submit", say);
+  $("interrupt").addEventListener("click", interrupt);
+  $("connect").addEventListener("click", connect);
+  $("leave").addEventListener("click", leave);
+  $("back").addEventListener("click", () => showGallery());
+  $("unmute").addEventListener("click", () => {
+    video.muted = false;
+    startMeter();
+    $("unmute").hidden = true;
+  });
+  window.addEventListener("pagehide", () => current && release(current, true));
+  document.addEventListener("languagechange", () => {
+    labelChat();
+    if (current) setConnection($("connection").dataset.state);
+  });
+}
