@@ -126,6 +126,7 @@ class Supervisor:
         if not self.ready_told and self._api_answers():
             systemd.notify("READY=1")
             self.ready_told = True
+            log.info("ready: the API and the web console at %s/", self.settings.api_url)
         self._notice_exits()
         for instance in self.store.list():
             self._step(instance, now)

@@ -497,6 +497,7 @@ def test_restart_keeps_the_port_with_a_new_process(fm):
     assert after["connections"] == 2
     assert after["port"] == before["port"]
     assert after["pid"] != before["pid"]
+    assert (before["restarts"], after["restarts"]) == (0, 1)
     assert after["state"] == "RUNNING" and after["running"] is True
     assert gone(before["pid"])
     assert workers(fm) == {after["pid"]: "a"}
@@ -528,7 +529,9 @@ def test_api_token_and_cors(manager):
              ("GET", "/avatar/list", None), ("GET", "/avatar/info/a", None),
              ("POST", "/avatar/start", {"avatar_id": "a_user_1", "avatar_name": "a"}),
              ("POST", "/avatar/disconnect", {"avatar_name": "a"}), ("POST", "/avatar/stop", {"avatar_id": "a"}),
-             ("POST", "/avatar/restart", {"avatar_id": "a"}), ("POST", "/avatar/stop-all", {})]
+             ("POST", "/avatar/restart", {"avatar_id": "a"}), ("POST", "/avatar/stop-all", {}),
+             ("GET", "/tts", None), ("GET", "/console/config", None), ("GET", "/avatar/a/preview", None),
+             ("POST", "/avatar/a/offer", {"sdp": "v=0", "type": "offer"}), ("POST", "/avatar/a/human", {})]
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
                     {"Authorization": "Bearer s3cret2"}, {"Authorization": "Basic czNjcmV0"}):
         for method, path, body in calls:
@@ -536,8 +539,11 @@ def test_api_token_and_cors(manager):
             error(response, 401)
     assert avatar_logs(m) == set() and workers(m) == {}, "an unauthorised start spawned a worker"
 
-    for path in ("/ready", "/status", "/metrics", "/avatar/list"):
+    for path in ("/ready", "/status", "/metrics", "/avatar/list", "/tts", "/console/config"):
         assert m.get(path).status_code == 200, path
+    # The console and its files load without the token: the page is what asks for it.
+    for path in ("/", "/static/main.js", "/static/console.css"):
+        assert requests.get(url + path, timeout=10).status_code == 200, path
     started = ok(m.start_avatar("a_user_1", "a"))
     assert ok(m.get("/avatar/info/a"))["pid"] == started["pid"]
     ok(m.post("/avatar/disconnect", {"avatar_name": "a"}))
@@ -586,7 +592,7 @@ def _manager_processes_for(data_dir: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.parametrize("name, value", [("MAX_AVATARS", "abc"), ("GPU_IDS", "x"), ("REDIS_URL", "http://x"),
-                                         ("AVATAR_MANAGER_PORT", "70000")])
+                                         ("AVATAR_MANAGER_PORT", "70000"), ("ICE_SERVERS", '[{"url": "x"}]')])
 def test_a_bad_setting_stops_the_manager_at_start(tmp_path, name, value):
     port = free_port()
     data_dir, log_dir = tmp_path / "data", tmp_path / "logs"
