@@ -259,6 +259,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def console_config():
         """What the page needs to know: chat available, the STUN/TURN servers, limits."""
         return _reply("ok", {"chat": settings.chat, "ice_servers": settings.ice_servers,
+                             "connect_timeout": settings.connect_timeout,
                              "tts_models": sorted(settings.tts_ports),
                              "max_upload_bytes": settings.max_avatar_file_bytes, "version": __version__})
 

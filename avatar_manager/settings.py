@@ -77,6 +77,7 @@ class Settings:
     register_wait: float         # POST /avatar/register answers with the result within this, else 202
     ice_servers: list[dict]      # ICE_SERVERS, for the web console (workers read the same variable)
     chat: bool                   # LLM_URL is set, so workers (who inherit it) answer type "chat"
+    connect_timeout: float       # WEBRTC_CONNECT_TIMEOUT: a worker drops a peer not connected by then
 
     @property
     def ports(self) -> range:
@@ -121,6 +122,7 @@ class Settings:
             register_wait=number(env, "REGISTER_WAIT", 60.0, 0.0),
             ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
             chat=bool(env.get("LLM_URL")),
+            connect_timeout=number(env, "WEBRTC_CONNECT_TIMEOUT", 30.0, 1.0),
         )
         if settings.base_port + settings.max_avatars - 1 > 65535:
             raise ConfigError(f"AVATAR_BASE_PORT={settings.base_port} + MAX_AVATARS={settings.max_avatars} "

@@ -157,6 +157,22 @@ def manager(tmp_path):
         m.stop()
 
 
+@pytest.fixture
+def fleet(manager, demo_source):
+    """fleet(*more_avatars, **env) -> a started manager with the real worker and the prepared demo
+    avatar (and copies of it under the other names)."""
+    from managers import make_avatar
+
+    def start(*more_avatars: str, **env: str):
+        m = manager(start=False, **env)
+        if "API_TOKEN" in env:
+            m.headers = {"Authorization": f"Bearer {env['API_TOKEN']}"}
+        for name in ("demo", *more_avatars):
+            make_avatar(m.data_dir, name, source=demo_source)
+        return m.start()
+    return start
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def store_env(request) -> dict[str, str]:
     """The manager's environment for each store: SQLite (the default), then a flushed real Redis."""

@@ -10,6 +10,9 @@ misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
   ignore_term      ignore SIGTERM
   fork:N           start N grandchildren that sleep
   slow:S           wait S seconds before listening
+  unreachable      answer /offer with a real SDP answer whose every candidate is an address no
+                   one can reach (192.0.2.1, TEST-NET-1): what a browser sees when the network
+                   between it and the worker drops UDP
 /health also reports its argv and CUDA_VISIBLE_DEVICES, so tests can check how it was started, and
 "sessions" from config.json, read at every request (live WebRTC sessions, as the real worker
 counts them; default 0), so a test can open and close sessions by editing it.
@@ -17,8 +20,10 @@ counts them; default 0), so a test can open and close sessions by editing it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +31,18 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+
+async def unreachable_answer(offer: dict) -> dict:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
+    await pc.setLocalDescription(await pc.createAnswer())
+    sdp = re.sub(r"(a=candidate:\S+ \d+ \w+ \d+ )\S+( \d+ typ)", r"\g<1>192.0.2.1\2", pc.localDescription.sdp)
+    sdp = re.sub(r"c=IN IP4 \S+", "c=IN IP4 192.0.2.1", sdp)
+    await pc.close()
+    return {"sdp": sdp, "type": "answer"}
 
 
 def main() -> None:
@@ -74,6 +91,19 @@ def main() -> None:
             sessions = int(json.loads(config_file.read_text()).get("sessions", 0))
             body = json.dumps({**health, "sessions": sessions}).encode() if self.path == "/health" else b"{}"
             self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", 0))
+            offer = json.loads(self.rfile.read(length) or b"{}")
+            if self.path != "/offer" or "unreachable" not in faults:
+                self.send_error(404)
+                return
+            body = json.dumps({**asyncio.run(unreachable_answer(offer)), "sessionid": 1}).encode()
+            self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

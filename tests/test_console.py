@@ -6,26 +6,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
+import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
 
 from browser import chromium, screenshot, watch_video
 from conftest import ROOT
 from managers import make_avatar, wait_for
-
-
-@pytest.fixture
-def fleet(manager, demo_source):
-    """fleet(**env) -> a started manager whose data holds the prepared demo avatar."""
-    def start(*extra_avatars: str, **env: str):
-        m = manager(start=False, **env)
-        if "API_TOKEN" in env:
-            m.headers = {"Authorization": f"Bearer {env['API_TOKEN']}"}
-        for name in ("demo", *extra_avatars):
-            make_avatar(m.data_dir, name, source=demo_source)
-        return m.start()
-    return start
 
 
 def js(browser, script: str):
@@ -119,6 +106,22 @@ def test_typed_text_makes_the_avatar_speak_and_interrupt_silences_it(fleet):
         browser.find_element(By.ID, "interrupt").click()
         # The level meter falls by itself within ~2 s of silence; the speech had ~8 s left.
         until(browser, "document.getElementById('level').value < 0.02", 4, "silence after the interrupt")
+
+
+def test_chat_mode_speaks_the_llms_answer(fleet, upstream):
+    llm = upstream("openai")
+    m = fleet(LLM_URL=llm.url + "/v1", LLM_MODEL="tiny-chat")
+    with chromium() as browser:
+        browser.get(m.url + "/?avatar=demo&autostart=1")
+        connected(browser)
+        chat = browser.find_element(By.CSS_SELECTOR, "#mode option[value=chat]")
+        assert chat.is_enabled()
+        chat.click()
+        browser.find_element(By.ID, "text").send_keys("What can you do?")
+        browser.find_element(By.ID, "speak").click()
+        until(browser, "document.getElementById('level').value > 0.1", 10, "the spoken answer")
+        asked = requests.get(llm.url + "/last", timeout=5).json()
+        assert asked["model"] == "tiny-chat" and asked["messages"][-1] == {"role": "user", "content": "What can you do?"}
 
 
 def test_the_console_in_persian_is_right_to_left_and_speaks_persian(fleet):
@@ -246,3 +249,19 @@ def test_with_an_api_token_the_page_asks_for_it(fleet):
         browser.get(m.url + "/?avatar=demo&autostart=1")   # remembered
         connected(browser)
         screenshot(browser, "console_token")
+
+
+def test_a_network_that_blocks_webrtc_is_explained_and_the_connection_given_back(manager):
+    """The fake worker answers the offer with a real SDP answer whose candidates no one can reach:
+    what a browser sees when a firewall drops UDP between it and the worker."""
+    m = manager(start=False, WORKER_MODULE="tests.fake_worker", WEBRTC_CONNECT_TIMEOUT="3", IDLE_TIMEOUT="60")
+    make_avatar(m.data_dir, "walled", fault="unreachable")
+    m.start()
+    with chromium() as browser:
+        browser.get(m.url + "/?avatar=walled&autostart=1")
+        until(browser, "document.getElementById('connection').dataset.state === 'connecting'", what="the offer")
+        until(browser, "!document.getElementById('notice').hidden", 15, "the WebRTC failure")
+        assert browser.find_element(By.ID, "notice-title").text.startswith("The video could not connect.")
+        assert js(browser, "return document.getElementById('connection').dataset.state") == "failed"
+        screenshot(browser, "console_webrtc_blocked")
+        wait_for(lambda: connections(m, "walled") == 0, 10, "the page to give its connection back")

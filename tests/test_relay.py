@@ -10,7 +10,6 @@ import time
 import wave
 
 import aiohttp
-import pytest
 import requests
 
 from conftest import run
@@ -19,15 +18,6 @@ from upstreams import tone
 from viewer import Viewer, loud_after
 
 LOUD_RMS = 300
-
-
-@pytest.fixture
-def fleet(manager, demo_source):
-    def start(**env: str):
-        m = manager(start=False, **env)
-        make_avatar(m.data_dir, "demo", source=demo_source)
-        return m.start()
-    return start
 
 
 async def until_speaking(viewer: Viewer, http: aiohttp.ClientSession, speaking: bool, timeout: float = 5.0) -> None:

@@ -8,11 +8,12 @@ import { clearProblem, showError, showProblem } from "./notice.js";
 
 const $ = (id) => document.getElementById(id);
 const video = $("video");
-const CONNECT_TIMEOUT_MS = 20000;  // not connected by then: the network blocks WebRTC
 const GATHER_TIMEOUT_MS = 5000;    // ICE candidates of the local machine; a browser has them in ms
 const previews = new Map();        // avatar name -> object URL of its preview
 
-let settings = { chat: false, ice_servers: [] };
+// From /console/config; connect_timeout: the worker's own WEBRTC_CONNECT_TIMEOUT, after which a
+// peer that is still not connected is taken to be blocked by the network.
+let settings = { chat: false, ice_servers: [], connect_timeout: 30 };
 let current = null;  // the avatar on stage: {name, joined, pc, sessionid, watchdog, connected}
 let level = null;    // the audio meter: {context, timer}
 
@@ -130,7 +131,7 @@ export async function connect() {
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     attempt.watchdog = setTimeout(() => {
       if (attempt === current && !attempt.connected) blocked(attempt);
-    }, CONNECT_TIMEOUT_MS);
+    }, settings.connect_timeout * 1000);
   } catch (error) {
     if (attempt !== current) return release(attempt);
     showError(error);
