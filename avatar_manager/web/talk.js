@@ -22,7 +22,7 @@ function setConnection(state) {
   $("connection").textContent = t(`state.${state}`);
   const live = state === "connected";
   for (const id of ["text", "speak", "interrupt"]) $(id).disabled = !live;
-  $("connect").hidden = !["idle", "failed", "closed", "disconnected"].includes(state);
+  $("connect").hidden = !["idle", "failed", "closed"].includes(state);
   $("leave").hidden = ["idle", "failed", "closed"].includes(state);
 }
 
@@ -109,6 +109,7 @@ function gathered(pc) {
 export async function connect() {
   const attempt = current;
   if (!attempt || attempt.joined) return;
+  Object.assign(attempt, { connected: false, sessionid: null });  // a second try after a failure
   clearProblem();
   startMeter();  // inside the click, where a browser lets audio start
   setConnection("starting");
