@@ -44,6 +44,7 @@ def _reply(message: str, data=None, status: int = 200, **extra) -> tuple[Respons
 
 
 def _body() -> dict:
+    request.get_data()  # whatever its content type, a body over the limit is a 413, not a 400
     try:
         body = request.get_json(silent=True)
     except RecursionError:  # nested deeper than the JSON parser goes

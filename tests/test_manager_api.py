@@ -281,6 +281,7 @@ def test_bad_requests_are_refused_and_spawn_nothing(fm):
         assert "force" in error(m.post("/avatar/stop", {"avatar_id": "a", "force": force}), 400)
     too_big = '{"avatar_id": "a", "pad": "' + "x" * 100_000 + '"}'
     error(post_raw("/avatar/start", too_big, "application/json"), 413)
+    error(post_raw("/avatar/start", too_big, "text/plain"), 413)
     error(m.get("/avatar/start"), 405)
     error(m.get("/avatar/stop-all"), 405)
     error(m.post("/avatar/list", {}), 405)
