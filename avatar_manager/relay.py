@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import requests
 
-from lipsync_worker.limits import MAX_AUDIO_BYTES, MAX_JSON_BYTES
+from lipsync_worker.limits import MAX_FORM_BYTES, MAX_JSON_BYTES
 
 from .instances import Instance, State
 
@@ -32,7 +32,7 @@ class Answer:
 
 
 def body_limit(path: str) -> int:
-    return MAX_AUDIO_BYTES + 64 * 1024 if path == "humanaudio" else MAX_JSON_BYTES
+    return MAX_FORM_BYTES if path == "humanaudio" else MAX_JSON_BYTES
 
 
 def forward(instance: Instance, path: str, body: bytes, content_type: str) -> Answer:

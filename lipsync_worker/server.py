@@ -19,7 +19,7 @@ from tts_services.audio import decode_file
 from tts_services.engines.base import AudioChunk
 
 from .avatars import Avatar
-from .limits import MAX_AUDIO_BYTES, MAX_JSON_BYTES
+from .limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES, MAX_JSON_BYTES
 from .llm import ChatLLM
 from .media import Stage
 from .metrics import METRICS
@@ -55,7 +55,7 @@ async def _json(request: web.Request) -> dict:
 
 def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions: Sessions, tts,
                voice: str | None, llm: ChatLLM | None) -> web.Application:
-    app = web.Application(client_max_size=MAX_AUDIO_BYTES + 64 * 1024)
+    app = web.Application(client_max_size=MAX_FORM_BYTES)
     started = time.monotonic()
 
     def session_of(body_or_form) -> Session:

@@ -85,29 +85,26 @@ def main() -> None:
               "children": [c.pid for c in children]}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if frozen.is_set():
-                time.sleep(3600)
-            sessions = int(json.loads(config_file.read_text()).get("sessions", 0))
-            body = json.dumps({**health, "sessions": sessions}).encode() if self.path == "/health" else b"{}"
-            self.send_response(200 if self.path == "/health" else 404)
+        def reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
+        def do_GET(self):
+            if frozen.is_set():
+                time.sleep(3600)
+            if self.path != "/health":
+                return self.reply(404, b"{}")
+            sessions = int(json.loads(config_file.read_text()).get("sessions", 0))
+            self.reply(200, json.dumps({**health, "sessions": sessions}).encode())
+
         def do_POST(self):
-            length = int(self.headers.get("Content-Length", 0))
-            offer = json.loads(self.rfile.read(length) or b"{}")
             if self.path != "/offer" or "unreachable" not in faults:
-                self.send_error(404)
-                return
-            body = json.dumps({**asyncio.run(unreachable_answer(offer)), "sessionid": 1}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                return self.reply(404, b"{}")
+            offer = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.reply(200, json.dumps({**asyncio.run(unreachable_answer(offer)), "sessionid": 1}).encode())
 
         def log_message(self, *args):
             pass

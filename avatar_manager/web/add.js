@@ -70,7 +70,7 @@ async function follow(job) {
   for (;;) {
     progress(null, t(job.state === "queued" ? "add.queued" : "add.preparing"));
     await new Promise((resolve) => setTimeout(resolve, JOB_POLL_MS));
-    const answer = await get(job.status_url);  // an ApiError here is the registration's refusal
+    const answer = await get(job.status_url);  // a refusal throws here, with the registration's reasons
     if (!answer.data || !answer.data.job_id) return answer.data;
     job = { ...job, state: answer.data.state };
   }

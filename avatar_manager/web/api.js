@@ -5,7 +5,7 @@ import { t } from "./i18n.js";
 
 const TOKEN_KEY = "avatar-console-token";
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, message, body = null) {
     super(message);
     this.status = status;   // 0: no answer at all
@@ -39,13 +39,17 @@ async function send(method, path, body, timeout) {
   }
 }
 
+// A refusal, with the server's message; a 401 also makes the page ask for the token.
+function refusal(status, statusText, body) {
+  if (status === 401) document.dispatchEvent(new CustomEvent("unauthorized"));
+  return new ApiError(status, (body && (body.message || body.msg)) || statusText, body);
+}
+
 async function answer(response) {
   let body = null;
   try { body = await response.json(); } catch { /* not JSON: the status says enough */ }
-  const failed = !response.ok || (body && body.code !== undefined && body.code !== 0);
-  if (failed) {
-    if (response.status === 401) document.dispatchEvent(new CustomEvent("unauthorized"));
-    throw new ApiError(response.status, (body && (body.message || body.msg)) || response.statusText, body);
+  if (!response.ok || (body && body.code !== undefined && body.code !== 0)) {
+    throw refusal(response.status, response.statusText, body);
   }
   return body;
 }
@@ -62,7 +66,7 @@ export async function post(path, body = {}, { timeout = 90000 } = {}) {
 // An image the API serves (it may need the token, which an <img src> cannot send).
 export async function imageUrl(path) {
   const response = await send("GET", path, undefined, 15000);
-  if (!response.ok) throw new ApiError(response.status, response.statusText);
+  if (!response.ok) throw refusal(response.status, response.statusText, null);
   return URL.createObjectURL(await response.blob());
 }
 
@@ -84,9 +88,8 @@ export function upload(path, form, onProgress, { timeout = 600000 } = {}) {
     request.onload = () => {
       let body = null;
       try { body = JSON.parse(request.responseText); } catch { /* not JSON */ }
-      if (request.status === 401) document.dispatchEvent(new CustomEvent("unauthorized"));
       if (request.status >= 400) {
-        reject(new ApiError(request.status, (body && body.message) || request.statusText, body));
+        reject(refusal(request.status, request.statusText, body));
       } else {
         resolve({ status: request.status, body });
       }

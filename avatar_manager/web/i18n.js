@@ -101,16 +101,12 @@ const STRINGS = {
   },
 };
 
-export const LANGUAGES = Object.keys(STRINGS);
+const LANGUAGES = Object.keys(STRINGS);
 let language = "en";
 
 export function t(key, values = {}) {
   const text = STRINGS[language][key] ?? STRINGS.en[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (whole, name) => (name in values ? String(values[name]) : whole));
-}
-
-export function currentLanguage() {
-  return language;
 }
 
 // Sets the language, the page direction, and every text marked with data-i18n*.

@@ -96,7 +96,7 @@ function ttsRow(server) {
   return row;
 }
 
-export async function refresh() {
+async function refresh() {
   if (refreshing) return;
   refreshing = true;
   try {

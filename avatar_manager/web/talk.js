@@ -191,7 +191,7 @@ function release(attempt, leaving = false) {
   }
 }
 
-export function leave() {
+function leave() {
   if (!current) return;
   release(current);
   setConnection("closed");
