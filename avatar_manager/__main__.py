@@ -48,6 +48,7 @@ def register(argv: list[str]) -> int:
     parser.add_argument("--description", default="")
     parser.add_argument("--tts-model", default=None)
     parser.add_argument("--timbre", default=None)
+    parser.add_argument("--engine", default=None, help="puppet (the default) or musetalk (prepares its latents)")
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -63,7 +64,7 @@ def register(argv: list[str]) -> int:
         try:
             record = registration.register(settings, store, args.path, args.name, owner=args.owner,
                                            description=args.description, tts_model=args.tts_model,
-                                           timbre=args.timbre)
+                                           timbre=args.timbre, engine=args.engine)
         finally:
             # Before the outcome is told: whoever hears it may register the name again at once.
             registration.unlock(store, args.name)

@@ -275,11 +275,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         form = request.form
         name = form.get("avatar_name", "")
         meta = {"owner": form.get("user_id", ""), "description": form.get("description", ""),
-                "tts_model": form.get("tts_model") or None, "timbre": form.get("timbre") or None}
+                "tts_model": form.get("tts_model") or None, "timbre": form.get("timbre") or None,
+                "engine": form.get("engine") or None}
         upload = request.files.get("file")
         if upload is None:
             raise BadRequest("missing the file (multipart field 'file')")
-        registration.check_request(settings, store, name, meta["tts_model"])
+        registration.check_request(settings, store, name, meta["tts_model"], meta["engine"])
         if not pool.supervised():
             raise Unavailable("no supervisor is running to prepare the avatar")
         job = registration.submit(settings, store, name, meta, upload.save)

@@ -51,10 +51,6 @@ PACKAGES = [
     ("espeakng_loader", "espeakng-loader"), ("soxr", "soxr"), ("num2words", "num2words"),
 ]
 
-# MuseTalk's own layout (and LiveTalking's): MODEL_DIR holds the UNet; the VAE and whisper sit beside it.
-MUSETALK_CONFIG = "musetalk.json"
-MUSETALK_UNET = ("unet.pth", "pytorch_model.bin")
-MUSETALK_SIBLINGS = ("sd-vae/config.json", "whisper/config.json")
 EDGE_TTS_HOST = "speech.platform.bing.com"
 
 
@@ -390,6 +386,13 @@ def _check_avatar(ctx: Context, name: str, engines: list[str]) -> list[Finding]:
     ctx.tts_used.add(spec.tts.name)
     found = [ok(f"avatar {name}: {spec.engine} engine, {spec.tts.name} TTS (voice {spec.timbre}), "
                 f"{frames} frame{'s' if frames != 1 else ''}, max_session {spec.max_session}")]
+    if spec.engine == "musetalk":
+        from lipsync_worker.musetalk import weights
+        folder = weights.models_dir(ctx.env).resolve()
+        if weights.missing(folder):
+            return [fail(f"avatar {name}: its musetalk worker would exit at start: no MuseTalk weights in "
+                         f"MODELS_DIR={folder}", f"run '{weights.DOWNLOAD_COMMAND}', or {edit}: set avatar_model "
+                                                 "to puppet")]
     if spec.engine in GPU_ENGINES and not ctx.gpus:
         found.append(warn(f"avatar {name}: the {spec.engine} engine needs a GPU and this host has none",
                           f"run it on a GPU host, or {edit}: set avatar_model to puppet"))
@@ -492,22 +495,15 @@ def check_voices(ctx: Context) -> list[Finding]:
 
 
 def check_weights(ctx: Context) -> list[Finding]:
-    configured = ctx.env.get("MUSETALK_MODEL_DIR")
-    folder = Path(configured or "models/musetalk").resolve()
-    where = f"MUSETALK_MODEL_DIR={folder}" if configured else str(folder)
-    missing = []
-    if not (folder / MUSETALK_CONFIG).is_file():
-        missing.append(MUSETALK_CONFIG)
-    if not any((folder / name).is_file() for name in MUSETALK_UNET):
-        missing.append(" or ".join(MUSETALK_UNET))
-    missing += [f"../{name}" for name in MUSETALK_SIBLINGS if not (folder.parent / name).is_file()]
-    if not folder.is_dir() or missing:
-        what = f"MuseTalk weights not found at {where}"
-        what += f" (missing {', '.join(missing)})" if folder.is_dir() else ""
-        return [warn(f"{what}; only the puppet engine can run",
-                     "put MuseTalk's models there, or set MUSETALK_MODEL_DIR")]
-    note = "" if "musetalk" in _engines() else "; the musetalk engine is not in this build yet"
-    return [ok(f"MuseTalk weights at {where}{note}")]
+    from lipsync_worker.musetalk import weights
+
+    folder = weights.models_dir(ctx.env).resolve()
+    where = f"MODELS_DIR={folder}"
+    absent = weights.missing(folder)
+    if absent:
+        return [warn(f"MuseTalk weights not found at {where} (missing {', '.join(absent)}); only the puppet "
+                     "engine can run", f"run '{weights.DOWNLOAD_COMMAND}' where there is internet, or set MODELS_DIR")]
+    return [ok(f"MuseTalk weights at {where}")]
 
 
 # --- running -----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Callable
 
-from lipsync_worker.avatar_config import AvatarError, avatar_dir, check_name, is_livetalking, read_config
+from lipsync_worker.avatar_config import ENGINES, AvatarError, avatar_dir, check_name, is_livetalking, read_config
+from lipsync_worker.musetalk import weights
 
 from .settings import Settings
 from .store.base import Store
@@ -37,14 +38,23 @@ class RegistrationError(Exception):
         return {"status": self.status, "message": str(self), **self.detail}
 
 
-def check_request(settings: Settings, store: Store, name: str, tts_model: str | None) -> None:
+def check_request(settings: Settings, store: Store, name: str, tts_model: str | None,
+                  engine: str | None = None) -> None:
     """What can be refused before any byte of the file is stored."""
     try:
         check_name(name)
         if tts_model:
             model_for(table(settings.tts_ports), tts_model)
+        if engine and engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     except ValueError as exc:
         raise RegistrationError(400, str(exc)) from None
+    if engine == "musetalk":
+        absent = weights.missing(weights.models_dir())
+        if absent:  # its latents are made at registration, and no worker could run it anyway
+            raise RegistrationError(503, f"the musetalk engine has no weights here (MODELS_DIR="
+                                         f"{weights.models_dir().resolve()} lacks {', '.join(absent)}); run "
+                                         f"'{weights.DOWNLOAD_COMMAND}' first, or register it for the puppet engine")
     if exists(settings, store, name):
         raise RegistrationError(409, f"avatar {name!r} exists already; DELETE /avatar/{name} first")
 
@@ -68,14 +78,14 @@ def _plain(value):
 
 
 def register(settings: Settings, store: Store, source: Path, name: str, *, owner: str = "", description: str = "",
-             tts_model: str | None = None, timbre: str | None = None) -> dict:
+             tts_model: str | None = None, timbre: str | None = None, engine: str | None = None) -> dict:
     """Prepare the avatar and record it; RegistrationError when refused (nothing is left behind)."""
     from lipsync_worker import avatars  # OpenCV: only where preparation happens
     from lipsync_worker.intake import UnsupportedMedia
     from lipsync_worker.quality import QualityError
 
-    check_request(settings, store, name, tts_model)
-    overrides = {k: v for k, v in (("tts_model", tts_model), ("timbre", timbre)) if v}
+    check_request(settings, store, name, tts_model, engine)
+    overrides = {k: v for k, v in (("tts_model", tts_model), ("timbre", timbre), ("avatar_model", engine)) if v}
     started = time.monotonic()
     try:
         prepared = avatars.prepare(source, name, settings.data_dir, overrides=overrides)
@@ -87,6 +97,11 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
     except AvatarError as exc:
         raise RegistrationError(422, str(exc)) from None
     config = read_config(settings.data_dir, name)
+    ready = list(ENGINES_ON_CPU)
+    if config["avatar_model"] == "musetalk":
+        from lipsync_worker.musetalk.material import prepare_with_vae
+        prepare_with_vae(avatars.load(settings.data_dir, name), weights.models_dir())
+        ready.append("musetalk")
     record = {
         "name": name, "owner": owner, "description": description,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -94,7 +109,7 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
         "frame_count": prepared.frame_count, "size": list(prepared.size),
         "faces": _plain(prepared.faces), "quality": _plain(prepared.quality),
         "tts_model": config["tts_model"], "timbre": config["timbre"], "engine": config["avatar_model"],
-        "engines_ready": list(ENGINES_ON_CPU),
+        "engines_ready": ready,
         "processing_seconds": round(time.monotonic() - started, 3),
     }
     store.put_doc("avatar", name, record)
@@ -192,7 +207,7 @@ def job_argv(job: dict) -> list[str]:
     import sys
     argv = [sys.executable, "-m", "avatar_manager", "register", job["upload"], "--name", job["avatar"],
             "--job", job["id"]]
-    for flag in ("owner", "description", "tts_model", "timbre"):
+    for flag in ("owner", "description", "tts_model", "timbre", "engine"):
         if job["meta"].get(flag):
             argv += [f"--{flag.replace('_', '-')}", job["meta"][flag]]
     return argv

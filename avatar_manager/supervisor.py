@@ -281,7 +281,8 @@ class Supervisor:
             return current is None or current.state != State.STARTING or self._shutting_down()
 
         def healthy() -> bool:
-            return procs.worker_health(instance.port, instance.token, timeout=0.5) is not None
+            health = procs.worker_health(instance.port, instance.token, timeout=0.5)
+            return health is not None and health.get("ready", True) is True  # a model engine warms up first
 
         outcome = procs.wait_ready(proc, healthy, started + self.settings.startup_timeout - time.monotonic(),
                                    not_wanted)

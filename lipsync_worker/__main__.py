@@ -1,5 +1,6 @@
 """python -m lipsync_worker --avatar_id NAME [LiveTalking flags]   serve one avatar over WebRTC
-python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id NAME   make an avatar folder"""
+python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id NAME   make an avatar folder
+python -m lipsync_worker download-models                          fetch MuseTalk's weights"""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ from .animation import IdleAnimation
 from .engines import create_engine
 from .llm import ChatLLM
 from .media import Stage
+from .musetalk import weights
 from .server import create_app
 from .session import Sessions
 from .settings import WorkerSettings, data_dir, from_args
@@ -62,10 +64,10 @@ def prepare(argv: list[str]) -> int:
 def serve(argv: list[str]) -> int:
     try:
         settings = from_args(argv)
+        engine = create_engine(settings.model, settings.batch_size, settings.models_dir)
         avatar = avatars.load(settings.data_dir, settings.avatar_id)
-        engine = create_engine(settings.model, settings.batch_size)
         tts, voice = make_tts(settings)
-    except (ValueError, avatars.AvatarError) as exc:
+    except (ValueError, avatars.AvatarError, weights.MissingWeights) as exc:
         print(f"lipsync_worker: {exc}", file=sys.stderr)
         return 2
     llm = (ChatLLM(settings.llm_url, settings.llm_model, settings.llm_api_key, settings.llm_system_prompt)
@@ -77,6 +79,29 @@ def serve(argv: list[str]) -> int:
     logging.getLogger("lipsync_worker").info(
         "avatar %s (%s engine) on http://%s:%d", avatar.name, engine.name, settings.host, settings.port)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 2 if app["failed"] else 0
+
+
+def download_models(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lipsync_worker download-models",
+                                     description="Fetch MuseTalk 1.5, sd-vae-ft-mse and whisper-tiny from the "
+                                                 "Hugging Face hub into MODELS_DIR (HF_ENDPOINT may name a mirror).")
+    parser.add_argument("--models_dir", type=Path, default=weights.models_dir())
+    args = parser.parse_args(argv)
+    try:
+        fetched = weights.download(args.models_dir)
+    except Exception as exc:  # the hub client's errors have no common base; all mean the same here
+        print(f"download-models: could not fetch from the Hugging Face hub ({type(exc).__name__}: {exc}); "
+              f"check the internet connection, HF_ENDPOINT and HF_TOKEN, or copy the files into "
+              f"{args.models_dir.resolve()} by hand", file=sys.stderr)
+        return 1
+    for path in fetched:
+        print(path)
+    absent = weights.missing(args.models_dir)
+    if absent:
+        print(f"download-models: still missing: {', '.join(absent)}", file=sys.stderr)
+        return 1
+    print(f"MuseTalk weights complete in {args.models_dir.resolve()}", file=sys.stderr)
     return 0
 
 
@@ -85,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["prepare"]:
         return prepare(argv[1:])
+    if argv[:1] == ["download-models"]:
+        return download_models(argv[1:])
     return serve(argv)
 
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 FORMAT = 1
+ENGINES = ("puppet", "musetalk")   # what avatar_model may name (lipsync_worker.engines)
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_CONFIG = {
     "tts_model": "espeak",

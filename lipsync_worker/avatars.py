@@ -241,16 +241,23 @@ def _install(data_dir: Path, name: str, frames: list[np.ndarray], regions: list[
 
 # --- loading -----------------------------------------------------------------------------------
 
-class _CoordsUnpickler(pickle.Unpickler):
-    """coords.pkl holds lists of int tuples, maybe numpy ints: allow those and nothing else."""
+class _BoxesUnpickler(pickle.Unpickler):
+    """coords.pkl and mask_coords.pkl hold lists of int tuples, maybe numpy ints: allow those and
+    nothing else (a pickle can run any code it names)."""
 
     ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                ("numpy", "dtype"), ("builtins", "int"), ("builtins", "tuple"), ("builtins", "list")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"coords.pkl refers to {module}.{name}, which an avatar never needs")
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which an avatar never needs")
         return super().find_class(module, name)
+
+
+def read_pickle(path: Path) -> list:
+    """A LiveTalking list of boxes, read without trusting it."""
+    with open(path, "rb") as f:
+        return _BoxesUnpickler(f).load()
 
 
 def _read_frames(folder: Path) -> list[np.ndarray]:
@@ -272,8 +279,7 @@ def _read_frames(folder: Path) -> list[np.ndarray]:
 def _load_livetalking(path: Path, name: str, config: dict) -> Avatar:
     frames = _read_frames(path / "full_imgs")
     try:
-        with open(path / "coords.pkl", "rb") as f:
-            coords = _CoordsUnpickler(f).load()
+        coords = read_pickle(path / "coords.pkl")
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
         raise AvatarError(f"{path / 'coords.pkl'} is not a list of face boxes: {exc}") from exc
     if len(coords) != len(frames):

@@ -27,6 +27,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from .animation import IdleAnimation
+from .avatars import Avatar
 from .engines import FrameJob, LipSyncEngine
 from .metrics import METRICS
 from .speech import SAMPLE_RATE, SpeechBuffer
@@ -42,6 +43,7 @@ TAIL_FRAMES = 4                                  # keep rendering briefly so the
 QUEUE_FRAMES = 3                                 # a slow viewer loses old frames, never lags
 KEYFRAME_SECONDS = 5
 SHARED_BITRATE = 1_000_000
+NOTHING = np.zeros(0, np.int16)
 
 
 class QueueTrack(MediaStreamTrack):
@@ -131,6 +133,13 @@ class Stage:
         self.fps = 0.0
         self._ticks: list[float] = []
 
+    async def load(self, avatar: Avatar) -> None:
+        """The engine's load and warm-up, in the thread its frames are rendered in."""
+        if self.engine.slow:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load, avatar)
+        else:
+            self.engine.load(avatar)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         start, tick = loop.time(), 0
@@ -158,13 +167,15 @@ class Stage:
             return
         index, base, regions = self.animation.frame(n)
         jobs, talking, audio = [], [], []
+        lookahead = self.engine.lookahead
         for viewer in viewers:
             speaking = viewer.speech.pending > 0
             samples, phoneme = viewer.speech.take(SAMPLES_PER_FRAME)
             audio.append(samples)
             viewer.tail = TAIL_FRAMES if speaking else max(0, viewer.tail - 1)
             if viewer.tail:
-                jobs.append(FrameJob(index, base, regions, samples, phoneme, viewer.engine_state))
+                ahead = viewer.speech.peek(lookahead) if lookahead else NOTHING
+                jobs.append(FrameJob(index, base, regions, samples, phoneme, viewer.engine_state, n, ahead))
                 talking.append(viewer)
         try:
             rendered = await self._render(jobs) if jobs else []
@@ -198,6 +209,7 @@ class Stage:
         t0 = time.perf_counter()
         out = []
         for i in range(0, len(jobs), size):
+            METRICS.engine_batch.observe(len(jobs[i:i + size]))
             if self.engine.slow:
                 out += await asyncio.get_running_loop().run_in_executor(
                     self._executor, self.engine.render, jobs[i:i + size])

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -56,7 +57,9 @@ async def _json(request: web.Request) -> dict:
 def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions: Sessions, tts,
                voice: str | None, llm: ChatLLM | None) -> web.Application:
     app = web.Application(client_max_size=MAX_FORM_BYTES)
+    app["failed"] = False
     started = time.monotonic()
+    engine = stage.engine
 
     def session_of(body_or_form) -> Session:
         raw = body_or_form.get("sessionid")
@@ -77,6 +80,8 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         sdp, kind = body.get("sdp"), body.get("type")
         if not isinstance(sdp, str) or not sdp or kind != "offer":
             raise ClientError(400, 'expected {"sdp": "<SDP offer>", "type": "offer"}')
+        if not engine.ready:
+            raise ClientError(503, f"the {engine.name} engine is still loading; try again when /health says ready")
         try:
             session = await sessions.offer(sdp, kind)
         except CapacityError as exc:
@@ -139,7 +144,7 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({
-            "status": "ok", "ready": True, "instance_token": settings.instance_token, "pid": os.getpid(),
+            "status": "ok" if engine.ready else "warming", "ready": engine.ready, "instance_token": settings.instance_token, "pid": os.getpid(),
             "avatar": avatar.name, "engine": settings.model, "sessions": len(sessions),
             "max_session": settings.max_session,
             "speaking_sessions": sum(s.speaking for s in sessions), "fps": stage.fps,
@@ -167,11 +172,28 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
                 raise
             return web.json_response({"code": -1, "msg": exc.reason}, status=exc.status)
 
+    async def warm_up() -> None:
+        begun = time.monotonic()
+        try:
+            await stage.load(avatar)
+        except Exception:
+            # The supervisor sees the worker exit while starting, with this in the log it shows.
+            log.exception("the %s engine could not be loaded; stopping", engine.name)
+            app["failed"] = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        log.info("%s engine ready in %.1f s", engine.name, time.monotonic() - begun)
+
     async def start_clock(app: web.Application) -> None:
         app["clock"] = asyncio.create_task(stage.run())
+        # A model engine loads while /health answers "warming"; a light one is ready before the port opens.
+        app["warm_up"] = asyncio.create_task(warm_up())
+        if not engine.slow:
+            await app["warm_up"]
 
     async def shutdown(app: web.Application) -> None:
         app["clock"].cancel()
+        app["warm_up"].cancel()
         await sessions.close_all()
 
     app.middlewares.append(errors)

@@ -14,6 +14,7 @@ from ports_config import WORKER_PORT
 from tts_services.settings import number
 
 from .ice import parse_ice_servers
+from .musetalk.weights import models_dir
 
 log = logging.getLogger("lipsync_worker")
 
@@ -31,6 +32,7 @@ class WorkerSettings:
     batch_size: int
     instance_token: str
     data_dir: Path
+    models_dir: Path
     ice_servers: list[RTCIceServer]
     connect_timeout: float        # a peer still not connected after this is dropped
     max_text_chars: int
@@ -44,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lipsync_worker",
                                 description="One avatar, many WebRTC viewers (LiveTalking-compatible flags).")
     p.add_argument("--transport", default="webrtc", choices=["webrtc"])
-    p.add_argument("--model", default="puppet", help="lip-sync engine: puppet (CPU, the default)")
+    p.add_argument("--model", default="puppet",
+                   help="lip-sync engine: puppet (CPU, no weights; the default) or musetalk (weights in MODELS_DIR)")
     p.add_argument("--avatar_id", required=True)
     p.add_argument("--max_session", type=int, default=8)
     p.add_argument("--listenport", type=int, default=WORKER_PORT)
@@ -83,7 +86,7 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         avatar_id=args.avatar_id, model=args.model, max_session=args.max_session, host=args.listenhost,
         port=args.listenport, tts=args.tts, tts_server=args.TTS_SERVER, voice=args.REF_FILE,
         batch_size=args.batch_size, instance_token=token,
-        data_dir=data_dir(env),
+        data_dir=data_dir(env), models_dir=models_dir(env),
         ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
         connect_timeout=number(env, "WEBRTC_CONNECT_TIMEOUT", 30.0, 1.0),
         max_text_chars=number(env, "MAX_TEXT_CHARS", 2000, 1, int),

@@ -42,6 +42,11 @@ class SpeechBuffer:
         phoneme = next((symbol for start, end, symbol in self._phonemes if start <= middle < end), None)
         return samples, phoneme
 
+    def peek(self, count: int) -> np.ndarray:
+        """Up to `count` queued samples, left in the queue."""
+        size = min(len(self._pcm), 2 * count)
+        return np.frombuffer(bytes(self._pcm[:size]), dtype="<i2")
+
     def clear(self) -> None:
         self._pcm.clear()
         self._phonemes.clear()

@@ -17,7 +17,7 @@ from managers import free_port_block
 ROOT = Path(__file__).resolve().parent.parent
 # Settings the outer environment must not leak into a run.
 SETTINGS = ("AVATAR_DATA_DIR", "AVATAR_MANAGER_HOST", "AVATAR_MANAGER_PORT", "AVATAR_BASE_PORT", "MAX_AVATARS",
-            "LOG_DIR", "REDIS_URL", "GPU_IDS", "GPU_MIN_FREE_MB", "API_TOKEN", "MUSETALK_MODEL_DIR",
+            "LOG_DIR", "REDIS_URL", "GPU_IDS", "GPU_MIN_FREE_MB", "API_TOKEN", "MODELS_DIR",
             "EDGETTS_PROXY", "PYTHONPATH")
 
 FAKE_NVML = '''
@@ -67,7 +67,7 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     return {**env, "AVATAR_DATA_DIR": str(tmp_path / "data"), "LOG_DIR": str(tmp_path / "logs"),
             "AVATAR_MANAGER_PORT": str(free_port()), "AVATAR_BASE_PORT": str(free_port_block(3)),
-            "MAX_AVATARS": "3", "MUSETALK_MODEL_DIR": str(tmp_path / "models" / "musetalk")}
+            "MAX_AVATARS": "3", "MODELS_DIR": str(tmp_path / "models")}
 
 
 def doctor(env: dict[str, str], *args: str) -> Run:
@@ -144,7 +144,7 @@ def test_avatars_are_checked_one_by_one(tmp_path):
     assert run.has("fail", "avatar broken:", "prepare"), run.text
     assert run.has("fail", "avatar noregions:", "regions.json"), run.text
     assert run.has("fail", "avatar badtts:", "nosuchvoice"), run.text
-    assert run.has("fail", "avatar muse:", "musetalk"), run.text
+    assert run.has("fail", "avatar muse:", "no MuseTalk weights", "download-models"), run.text
     assert run.has("warn", "avatar hoarse:", "NoSuchTimbre"), run.text
     assert not run.has("warn", "avatars: none"), run.text
 
@@ -207,15 +207,17 @@ def test_without_nvml_instances_run_on_the_cpu(tmp_path):
 
 def test_musetalk_weights_in_place_are_found(tmp_path):
     env = base_env(tmp_path)
-    models = Path(env["MUSETALK_MODEL_DIR"]).parent
-    for name in ("musetalk/musetalk.json", "musetalk/unet.pth", "sd-vae/config.json", "whisper/config.json"):
+    models = Path(env["MODELS_DIR"])
+    for name in ("musetalkV15/musetalk.json", "musetalkV15/unet.pth", "sd-vae/config.json",
+                 "sd-vae/diffusion_pytorch_model.bin", "whisper/config.json", "whisper/preprocessor_config.json",
+                 "whisper/model.safetensors"):
         (models / name).parent.mkdir(parents=True, exist_ok=True)
         (models / name).write_text("{}")
     run = doctor(env)
-    assert run.has("ok", "MuseTalk weights at", str(models / "musetalk")), run.text
-    (models / "musetalk" / "unet.pth").unlink()
+    assert run.has("ok", "MuseTalk weights at", f"MODELS_DIR={models}"), run.text
+    (models / "musetalkV15" / "unet.pth").unlink()
     run = doctor(env)
-    assert run.has("warn", "MuseTalk weights not found", "unet.pth"), run.text
+    assert run.has("warn", "MuseTalk weights not found", "musetalkV15/unet.pth", "download-models"), run.text
 
 
 @pytest.mark.parametrize("args, code", [(["--help"], 0), (["--bogus"], 2)])

@@ -319,3 +319,15 @@ def test_status_says_why_no_gpu_is_listed(manager, world, gpu_ids, says):
     assert says in note
     if not gpu_ids:
         assert "GPU_IDS" not in note
+
+
+def test_a_musetalk_avatar_on_a_gpu_is_running_only_once_its_worker_is_warm(manager, demo_source, tmp_path):
+    """The real worker with small random MuseTalk models (on the CPU: NVML is faked, CUDA is not)."""
+    from lipsync_worker.musetalk.models import save_random
+    models = save_random(tmp_path / "models")
+    m = manager(**nvml_env({"gpus": [gpu(70000)]}, WORKER_MODULE="lipsync_worker", MODELS_DIR=str(models)))
+    m.avatar("muse", source=demo_source, avatar_model="musetalk")
+    instance = start(m, "muse")
+    assert instance["gpu"] == 0 and instance["state"] == "RUNNING"
+    health = requests.get(f"http://127.0.0.1:{instance['port']}/health", timeout=5).json()
+    assert (health["engine"], health["ready"], health["status"]) == ("musetalk", True, "ok")

@@ -158,6 +158,9 @@ def test_missing_file_and_unknown_voice_are_bad_requests(manager):
     assert no_file.status_code == 400 and "file" in no_file.json()["message"]
     voice = register(m, "x", encoded(portrait()), tts_model="festival")
     assert voice.status_code == 400 and "festival" in voice.json()["message"]
+    engine = register(m, "x", encoded(portrait()), engine="wav2lip")
+    assert engine.status_code == 400 and "wav2lip" in engine.json()["message"]
+    nothing_written(m, "x")
 
 
 def test_a_slow_registration_is_a_job_to_poll_and_blocks_a_second_of_the_same_name(manager, tmp_path):

@@ -1,13 +1,23 @@
 """Lip-sync engines: audio features and avatar frames in, frames out."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..avatar_config import ENGINES
 from .base import FrameJob, LipSyncEngine
 
-def create_engine(name: str, batch_size: int) -> LipSyncEngine:
+
+def create_engine(name: str, batch_size: int, models_dir: Path | None = None) -> LipSyncEngine:
+    """The engine, its weights checked (musetalk.weights.MissingWeights when absent) but not
+    loaded; models_dir: $MODELS_DIR when None."""
     if name == "puppet":
         from .puppet import PuppetEngine
         return PuppetEngine(batch_size)
-    raise ValueError(f"engine {name!r} is not available; available: puppet")
+    if name == "musetalk":
+        from ..musetalk.weights import models_dir as default_models_dir
+        from .musetalk import MuseTalkEngine
+        return MuseTalkEngine(batch_size, models_dir or default_models_dir())
+    raise ValueError(f"engine {name!r} is not available; available: {', '.join(ENGINES)}")
 
 
-__all__ = ["FrameJob", "LipSyncEngine", "create_engine"]
+__all__ = ["ENGINES", "FrameJob", "LipSyncEngine", "create_engine"]

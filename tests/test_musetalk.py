@@ -1,0 +1,273 @@
+"""The musetalk engine on the CPU, with small random models of MuseTalk's architecture saved in
+MODELS_DIR's layout and read back through the same loader as the real weights."""
+import asyncio
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+import requests
+import torch
+
+from conftest import ROOT, free_port, run
+from lipsync_worker import avatars
+from lipsync_worker.engines import FrameJob, create_engine
+from lipsync_worker.musetalk import models, weights
+from viewer import Viewer, mouth_motion
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    return models.save_random(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def data_dir(tmp_path, demo_source):
+    shutil.copytree(demo_source, tmp_path / "avatars" / "demo")
+    return tmp_path
+
+
+@pytest.fixture
+def engine(tiny_models, data_dir):
+    made = create_engine("musetalk", 4, tiny_models)
+    made.load(avatars.load(data_dir, "demo"))
+    return made
+
+
+def speech(seed: int, count: int = 640) -> np.ndarray:
+    """Loud noise shaped like speech: a different seed is a different sound."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(count) * 6000 * np.sin(np.linspace(0, 9, count)) ** 2).astype(np.int16)
+
+
+def frame_job(avatar, state, audio, tick=0, ahead=None) -> FrameJob:
+    return FrameJob(0, avatar.frames[0], avatar.regions[0], audio, None, state, tick,
+                    np.zeros(0, np.int16) if ahead is None else ahead)
+
+
+def outside(frame: np.ndarray, box) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    kept = frame.copy()
+    kept[max(0, y1):y2, max(0, x1):x2] = 0
+    return kept
+
+
+def test_missing_weights_are_named_with_the_command_that_fetches_them(tmp_path, tiny_models):
+    with pytest.raises(weights.MissingWeights) as empty:
+        create_engine("musetalk", 4, tmp_path)
+    for name in ("musetalkV15/unet.pth", "musetalkV15/musetalk.json", "sd-vae/config.json",
+                 "whisper/preprocessor_config.json", "python -m lipsync_worker download-models"):
+        assert name in str(empty.value)
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_models, partial)
+    (partial / "musetalkV15" / "unet.pth").unlink()
+    assert weights.missing(partial) == ["musetalkV15/unet.pth"]
+
+
+def test_the_loader_refuses_weights_that_do_not_fit(tmp_path, tiny_models):
+    loaded = models.load(tiny_models)
+    assert (loaded.device.type, loaded.dtype) == ("cpu", torch.float32)
+    wrong = tmp_path / "wrong"
+    shutil.copytree(tiny_models, wrong)
+    state = torch.load(wrong / "musetalkV15" / "unet.pth", weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("conv_out")}, wrong / "musetalkV15" / "unet.pth")
+    with pytest.raises(RuntimeError, match="conv_out"):
+        models.load(wrong)
+    other = tmp_path / "other"
+    models.save_random(other)
+    shutil.rmtree(wrong / "whisper")
+    shutil.copytree(other / "whisper", wrong / "whisper")
+    shutil.copy(tiny_models / "musetalkV15" / "unet.pth", wrong / "musetalkV15" / "unet.pth")
+    config = (wrong / "whisper" / "config.json").read_text()
+    (wrong / "whisper" / "config.json").write_text(re.sub(r'"d_model": \d+', '"d_model": 32', config))
+    with pytest.raises((ValueError, RuntimeError)):
+        models.load(wrong)
+
+
+def test_talking_changes_the_mouth_with_the_sound_and_nothing_outside_the_blend(engine, data_dir):
+    avatar = avatars.load(data_dir, "demo")
+    base = avatar.frames[0]
+    one, two = (engine.render([frame_job(avatar, engine.new_state(), speech(seed))])[0] for seed in (1, 2))
+    assert one.shape == base.shape and one.dtype == np.uint8
+    blend = engine.material.blends[0]
+    assert np.array_equal(outside(one, blend), outside(base, blend))
+    assert np.array_equal(outside(two, blend), outside(base, blend))
+    x1, y1, x2, y2 = avatar.regions[0].mouth
+    assert np.abs(one[y1:y2, x1:x2].astype(int) - two[y1:y2, x1:x2]).mean() > 10   # different sounds
+    assert np.abs(one[y1:y2, x1:x2].astype(int) - base[y1:y2, x1:x2]).mean() > 10
+    # The upper half of the face (eyes, brows) is never the model's.
+    fx1, fy1, fx2, fy2 = avatar.regions[0].face
+    upper = slice(fy1, (fy1 + fy2) // 2 - 2), slice(fx1, fx2)
+    assert np.array_equal(one[upper], base[upper])
+
+
+def test_a_batch_renders_each_session_as_it_would_alone(engine, data_dir):
+    avatar = avatars.load(data_dir, "demo")
+    alone = [engine.render([frame_job(avatar, engine.new_state(), speech(seed), ahead=speech(seed + 9, 4000))])[0]
+             for seed in (1, 2, 3)]
+    together = engine.render([frame_job(avatar, engine.new_state(), speech(seed), ahead=speech(seed + 9, 4000))
+                              for seed in (1, 2, 3)])
+    for a, b in zip(alone, together):
+        assert np.abs(a.astype(int) - b).max() <= 2       # float rounding only: no session leaks into another
+    assert np.abs(together[0].astype(int) - together[1]).mean() > 0.5
+
+
+def test_a_session_keeps_its_context_while_it_speaks_and_starts_afresh_after_a_pause(engine, data_dir):
+    avatar = avatars.load(data_dir, "demo")
+    state = engine.new_state()
+    for tick in range(5):
+        engine.render([frame_job(avatar, state, speech(tick), tick)])
+    assert len(state.audio) == 5 * 640
+    after_pause = engine.render([frame_job(avatar, state, speech(7), 40)])[0]
+    fresh = engine.render([frame_job(avatar, engine.new_state(), speech(7), 40)])[0]
+    assert len(state.audio) == 640
+    assert np.array_equal(after_pause, fresh)
+
+
+def test_latents_are_prepared_once_and_made_again_for_another_vae(tiny_models, data_dir, tmp_path):
+    avatar = avatars.load(data_dir, "demo")
+    engine = create_engine("musetalk", 2, tiny_models)
+    engine.load(avatar)
+    kept = data_dir / "avatars" / "demo" / "musetalk" / "latents.npy"
+    made = kept.stat().st_mtime_ns
+    assert np.allclose(np.load(kept), engine.material.latents.numpy())
+    again = create_engine("musetalk", 2, tiny_models)
+    again.load(avatars.load(data_dir, "demo"))
+    assert kept.stat().st_mtime_ns == made
+    other = models.save_random(tmp_path / "other", seed=5)
+    third = create_engine("musetalk", 2, other)
+    third.load(avatars.load(data_dir, "demo"))
+    assert kept.stat().st_mtime_ns != made
+    assert not np.allclose(third.material.latents.numpy(), engine.material.latents.numpy())
+
+
+def test_a_livetalking_musetalk_avatar_is_used_with_its_own_latents_and_masks(tiny_models, demo_source, tmp_path):
+    frame = cv2.imread(str(demo_source / "frames" / "000000.png"))
+    folder = tmp_path / "avatars" / "lt"
+    for sub in ("full_imgs", "mask"):
+        (folder / sub).mkdir(parents=True)
+    cv2.imwrite(str(folder / "full_imgs" / "00000000.png"), frame)
+    face = (177, 67, 270, 170)
+    blend = (150, 44, 296, 190)
+    mask = np.zeros((146, 146), np.uint8)
+    mask[90:130, 30:110] = 255
+    cv2.imwrite(str(folder / "mask" / "00000000.png"), mask)
+    (folder / "coords.pkl").write_bytes(pickle.dumps([face]))
+    (folder / "mask_coords.pkl").write_bytes(pickle.dumps([list(blend)]))
+    latents = torch.randn(1, 8, 32, 32)
+    torch.save([latents], folder / "latents.pt")
+    engine = create_engine("musetalk", 2, tiny_models)
+    avatar = avatars.load(tmp_path, "lt")
+    assert avatar.config["avatar_model"] == "musetalk"
+    engine.load(avatar)
+    assert torch.equal(engine.material.latents, latents)
+    assert engine.material.crops == [face] and engine.material.blends == [blend]
+    out = engine.render([frame_job(avatar, engine.new_state(), speech(1))])[0]
+    changed = np.argwhere(np.abs(out.astype(int) - frame).sum(axis=2) > 0)
+    # Only inside LiveTalking's mask (rows 90..130, columns 30..110 of its square).
+    assert changed[:, 0].min() >= blend[1] + 90 and changed[:, 0].max() < blend[1] + 130
+    assert changed[:, 1].min() >= blend[0] + 30 and changed[:, 1].max() < blend[0] + 110
+    assert not (folder / "musetalk").exists()
+
+
+def test_registering_for_musetalk_prepares_its_latents_and_needs_the_weights(tmp_path, tiny_models):
+    portrait = ROOT / "assets" / "astronaut.png"
+    env = {**os.environ, "AVATAR_DATA_DIR": str(tmp_path / "data"), "LOG_DIR": str(tmp_path / "logs")}
+
+    def register(name: str, models_dir) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "avatar_manager", "register", str(portrait), "--name", name,
+                               "--engine", "musetalk"], cwd=ROOT, env={**env, "MODELS_DIR": str(models_dir)},
+                              capture_output=True, text=True, timeout=120)
+
+    refused = register("nomodels", tmp_path / "none")
+    assert refused.returncode == 2 and "download-models" in refused.stderr
+    assert not (tmp_path / "data" / "avatars" / "nomodels").exists()
+    done = register("muse", tiny_models)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["engine"] == "musetalk" and record["engines_ready"] == ["puppet", "musetalk"]
+    kept = tmp_path / "data" / "avatars" / "muse" / "musetalk" / "latents.npy"
+    made = kept.stat().st_mtime_ns
+    engine = create_engine("musetalk", 2, tiny_models)
+    engine.load(avatars.load(tmp_path / "data", "muse"))
+    assert kept.stat().st_mtime_ns == made            # the worker uses what registration made
+
+
+def worker_argv(port: int | str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "lipsync_worker", "--model", "musetalk", "--avatar_id", "demo",
+            "--listenport", str(port), "--instance_token", "tok", *flags]
+
+
+def test_a_musetalk_worker_without_weights_exits_at_once_naming_them(tmp_path, data_dir):
+    started = time.monotonic()
+    done = subprocess.run(worker_argv(free_port()), cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "AVATAR_DATA_DIR": str(data_dir), "MODELS_DIR": str(tmp_path / "none")})
+    assert done.returncode == 2
+    assert "musetalkV15/unet.pth" in done.stderr and "download-models" in done.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_download_models_explains_an_unreachable_hub(tmp_path):
+    port = free_port()  # nothing listens there
+    done = subprocess.run([sys.executable, "-m", "lipsync_worker", "download-models", "--models_dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0"})
+    assert done.returncode == 1
+    assert "could not fetch from the Hugging Face hub" in done.stderr and "HF_ENDPOINT" in done.stderr
+    assert not any(tmp_path.rglob("*.pth"))
+
+
+def test_a_worker_warms_up_before_it_is_ready_then_batches_every_talking_session(spawn, tiny_models, data_dir):
+    server = spawn(worker_argv("{port}", "--batch_size", "8"),
+                   env={"AVATAR_DATA_DIR": str(data_dir), "MODELS_DIR": str(tiny_models)}, ready=False)
+    states = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            health = requests.get(server.url + "/health", timeout=1).json()
+        except requests.ConnectionError:
+            time.sleep(0.05)
+            continue
+        states.append(health["ready"])
+        if health["ready"]:
+            break
+        refused = requests.post(server.url + "/offer", json={"sdp": "v=0", "type": "offer"}, timeout=5)
+        if not requests.get(server.url + "/health", timeout=1).json()["ready"]:
+            assert refused.status_code == 503 and "loading" in refused.json()["msg"]
+        time.sleep(0.1)
+    assert states[0] is False and states[-1] is True
+    mouth = tuple(avatars.load(data_dir, "demo").regions[0].mouth)
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            viewers = [await Viewer(server.url, mouth).connect(http) for _ in range(3)]
+            await asyncio.sleep(1.5)
+            asked = time.monotonic()
+            for viewer in viewers:
+                status, _ = await viewer.post(http, "/human", text="Hello there, I am speaking to you, "
+                                              "and so are my two twins, all at once.", type="echo")
+                assert status == 200
+            await asyncio.sleep(3)
+            for viewer in viewers:
+                await viewer.close()
+            return [v.received for v in viewers], asked
+
+    received, asked = run(scenario())
+    for got in received:
+        assert got.video[-1][1:] == (512, 512)
+        rest = mouth_motion(got.mouth, asked - 1.2, asked)
+        talking = mouth_motion(got.mouth, asked + 0.5, asked + 3)
+        assert talking > 3 * rest + 1
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    frames = float(re.search(r"^worker_engine_batch_frames_sum (\S+)", text, re.M).group(1))
+    calls = float(re.search(r"^worker_engine_batch_frames_count (\S+)", text, re.M).group(1))
+    # Three talking sessions: mostly three frames per model call (not three calls).
+    assert frames / calls > 2
