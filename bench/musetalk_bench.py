@@ -62,6 +62,15 @@ def measure(engine: MuseTalkEngine, avatar, batch: int, seconds: float) -> dict:
             "peak_mib": torch.cuda.max_memory_reserved() / 2 ** 20 if cuda else None}
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.machine())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny random models (same as --size tiny)")
@@ -96,7 +105,7 @@ def main() -> None:
     m = engine.models
     dtype = str(m.dtype).removeprefix("torch.")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+        f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     weights_kind = f"weights from {args.models_dir}" if args.models_dir else f"{size} random weights"
     print(f"device: {where}; {weights_kind}, {dtype}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
     print(f"load + warm-up (batch {max(batches)}): {load_s:.1f} s; frames 512x512 (face crop 256x256)")

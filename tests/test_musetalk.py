@@ -271,3 +271,13 @@ def test_a_worker_warms_up_before_it_is_ready_then_batches_every_talking_session
     calls = float(re.search(r"^worker_engine_batch_frames_count (\S+)", text, re.M).group(1))
     # Three talking sessions: mostly three frames per model call (not three calls).
     assert frames / calls > 2
+
+
+def test_a_worker_whose_weights_do_not_load_stops_with_the_reason(tmp_path, tiny_models, data_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models, broken)
+    (broken / "musetalkV15" / "unet.pth").write_bytes(b"not a checkpoint")
+    done = subprocess.run(worker_argv(free_port()), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AVATAR_DATA_DIR": str(data_dir), "MODELS_DIR": str(broken)})
+    assert done.returncode == 2
+    assert "the musetalk engine could not be loaded" in done.stderr and "unet.pth" in done.stderr
