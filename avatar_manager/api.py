@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ from . import __version__, metrics, registration, relay, tts
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
 from .logs import setup_logging
-from .pool import BadRequest, Pool, Unavailable
+from .pool import BadRequest, Pool, StartFailed, Unavailable
 from .settings import Settings
 from .store import CapacityError, NotFound, StoreError, open_store
 
@@ -111,7 +112,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(CapacityError)
     @app.errorhandler(Unavailable)
     def unavailable(exc):
-        return _reply(str(exc), status=503)
+        # Which 503 it is, for clients that explain it (the console) without parsing the message.
+        reason = ("capacity" if isinstance(exc, CapacityError) else
+                  "start_failed" if isinstance(exc, StartFailed) else "unavailable")
+        return _reply(str(exc), status=503, reason=reason)
 
     @app.errorhandler(StoreError)
     def store_down(exc):
@@ -148,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         instances = store.list()
         active = [i for i in instances if i.state not in (State.FAILED, State.STOPPED)]
         gpus = read_gpus(settings.gpu_ids)
+        host = _host()
         manager = {
             "running": sum(i.state == State.RUNNING for i in instances),
             "instances": len(active),
@@ -155,11 +160,11 @@ def create_app(settings: Settings | None = None) -> Flask:
             "available": max(0, settings.max_avatars - len(active)),
             "utilization": f"{len(active)}/{settings.max_avatars}",
             "states": {s.value: sum(i.state == s for i in instances) for s in State},
-            "gpu_distribution": {str(i.gpu): sum(j.gpu == i.gpu for j in active) for i in active},
+            "gpu_distribution": dict(Counter(str(i.gpu) for i in active)),
             "total_connections": sum(i.connections for i in instances),
             "shared_avatars": sum(i.connections > 1 for i in instances),
             "avatar_map": {i.avatar: i.instance_id for i in active},
-            "avatars": [i.to_api(_host()) for i in instances],
+            "avatars": [i.to_api(host) for i in instances],
             "supervisor": store.lease_holder(time.time()),
             "version": __version__,
         }

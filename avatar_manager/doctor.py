@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
-import pkgutil
 import platform
 import re
 import socket
@@ -328,13 +326,6 @@ def check_ports(ctx: Context) -> list[Finding]:
 
 # --- avatars -----------------------------------------------------------------------------------
 
-def _engines() -> list[str]:
-    """The lip-sync engines this build has: the modules of lipsync_worker/engines."""
-    spec = importlib.util.find_spec("lipsync_worker.engines")
-    locations = spec.submodule_search_locations if spec else []
-    return sorted(m.name for m in pkgutil.iter_modules(locations) if m.name not in ("base", "__init__"))
-
-
 def _images(folder: Path) -> int:
     with os.scandir(folder) as entries:
         return sum(1 for e in entries if e.name.lower().endswith((".png", ".jpg", ".jpeg")))
@@ -363,8 +354,8 @@ def _folder_problem(path: Path, config: dict) -> tuple[str | None, int]:
     return None, frames
 
 
-def _check_avatar(ctx: Context, name: str, engines: list[str]) -> list[Finding]:
-    from lipsync_worker.avatar_config import avatar_dir, read_config
+def _check_avatar(ctx: Context, name: str) -> list[Finding]:
+    from lipsync_worker.avatar_config import ENGINES, avatar_dir, read_config
     from .workers import GPU_ENGINES, avatar_spec
     s = ctx.settings
     prepare = f"prepare it again: python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id {name}"
@@ -380,8 +371,8 @@ def _check_avatar(ctx: Context, name: str, engines: list[str]) -> list[Finding]:
     problem, frames = _folder_problem(avatar_dir(s.data_dir, name), config)
     if problem:
         return [fail(f"avatar {name}: {problem}", prepare)]
-    if spec.engine not in engines:
-        return [fail(f"avatar {name}: engine {spec.engine!r} is not in this build (engines: {', '.join(engines)})",
+    if spec.engine not in ENGINES:
+        return [fail(f"avatar {name}: engine {spec.engine!r} is not in this build (engines: {', '.join(ENGINES)})",
                      f"{edit}: set avatar_model to puppet")]
     ctx.tts_used.add(spec.tts.name)
     found = [ok(f"avatar {name}: {spec.engine} engine, {spec.tts.name} TTS (voice {spec.timbre}), "
@@ -414,14 +405,13 @@ def check_avatars(ctx: Context) -> list[Finding]:
         return [warn(f"avatars: none in {root}, so no avatar can start",
                      "./start.sh prepares a demo avatar (or python -m lipsync_worker prepare IMAGE_OR_VIDEO "
                      "--avatar_id NAME)")]
-    engines = _engines()
     found = []
     for name in names:
         if not NAME.match(name):
             found.append(warn(f"avatars/{name}: not a valid avatar name; it cannot be started",
                               "rename it to 1-64 letters, digits, '_' or '-'"))
         else:
-            found.extend(_check_avatar(ctx, name, engines))
+            found.extend(_check_avatar(ctx, name))
     return found
 
 

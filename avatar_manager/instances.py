@@ -72,8 +72,7 @@ class Instance:
 
     def to_record(self) -> dict[str, str]:
         """Flat strings, for Redis hashes."""
-        return {k: (v.value if isinstance(v, State) else str(int(v) if isinstance(v, bool) else v))
-                for k, v in asdict(self).items()}
+        return {k: record_value(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_record(cls, record: dict) -> "Instance":
@@ -95,9 +94,9 @@ class Instance:
                 values[name] = str(raw)
         return cls(**values)
 
-    def to_api(self, host: str, now: float | None = None) -> dict:
+    def to_api(self, host: str) -> dict:
         """The seed manager's instance fields, plus the lifecycle state and the last error."""
-        now = time.time() if now is None else now
+        now = time.time()
         return {
             "avatar_id": self.instance_id,
             "real_avatar_name": self.avatar,
@@ -114,3 +113,10 @@ class Instance:
             "restarts": self.restarts,
             "error": self.error or None,
         }
+
+
+def record_value(value: object) -> str:
+    """One field as a flat string (Instance.to_record; the Redis store's partial updates)."""
+    if isinstance(value, State):
+        return value.value
+    return str(int(value) if isinstance(value, bool) else value)

@@ -20,10 +20,10 @@ from lipsync_worker.musetalk import weights
 from .settings import Settings
 from .store.base import Store
 from .tts import model_for, table
+from .workers import GPU_ENGINES
 
 LOCK_TTL = 900.0          # a registration lock outlives any real registration; a crashed one frees it
 JOB_KEEP = 3600.0         # finished jobs stay visible this long
-ENGINES_ON_CPU = ("puppet",)
 
 
 class RegistrationError(Exception):
@@ -97,7 +97,7 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
     except AvatarError as exc:
         raise RegistrationError(422, str(exc)) from None
     config = read_config(settings.data_dir, name)
-    ready = list(ENGINES_ON_CPU)
+    ready = [engine for engine in ENGINES if engine not in GPU_ENGINES]  # nothing to prepare for these
     if config["avatar_model"] == "musetalk":
         from lipsync_worker.musetalk.material import prepare_with_vae
         prepare_with_vae(avatars.load(settings.data_dir, name), weights.models_dir())
@@ -213,7 +213,8 @@ def job_argv(job: dict) -> list[str]:
     return argv
 
 
-def prune_jobs(store: Store, now: float) -> None:
-    for job in store.list_docs("job"):
+def prune_jobs(store: Store, now: float, jobs: list[dict]) -> None:
+    """Forget finished jobs after JOB_KEEP; `jobs`: the job documents as just read."""
+    for job in jobs:
         if job["state"] in ("done", "failed") and now - job["updated"] > JOB_KEEP:
             store.delete_doc("job", job["id"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lipsync_worker.ice import parse_ice_servers
+from lipsync_worker.limits import MAX_JSON_BYTES
 from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
 from tts_services.settings import ConfigError, number
 
@@ -114,7 +115,7 @@ class Settings:
             stale_timeout=number(env, "STALE_CONNECTION_TIMEOUT", 900.0, 1.0),
             api_token=env.get("API_TOKEN") or None,
             cors_origins=[o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
-            max_body_bytes=number(env, "MAX_JSON_BYTES", 64 * 1024, 256, int),
+            max_body_bytes=number(env, "MAX_JSON_BYTES", MAX_JSON_BYTES, 256, int),
             worker_module=env.get("WORKER_MODULE") or "lipsync_worker",
             tts_ports={name: _port(env, f"TTS_PORT_{name.upper()}", port) for name, port in TTS_PORTS.items()},
             max_avatar_file_bytes=int(number(env, "MAX_AVATAR_FILE_SIZE", 50.0, 0.001) * 1024 * 1024),

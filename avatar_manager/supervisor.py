@@ -115,7 +115,8 @@ class Supervisor:
     def tick(self) -> None:
         now = time.time()
         self._keep_api_running()
-        self._free_dead_lease(now)
+        if not self.leader:  # a leader holds the lease itself: nothing to look at
+            self._free_dead_lease(now)
         leader = self.store.take_lease(self.holder, LEASE_TTL, now)
         if leader and not self.leader:
             log.info("supervisor %s leads; adopting live workers", self.holder)
@@ -130,13 +131,13 @@ class Supervisor:
         self._notice_exits()
         for instance in self.store.list():
             self._step(instance, now)
-        for job in self.store.list_docs("job"):
+        jobs = self.store.list_docs("job")
+        for job in jobs:
             if job["state"] == "queued" and f"job:{job['id']}" not in self.busy:
                 self._submit(f"job:{job['id']}", self.register, job)
-        registration.prune_jobs(self.store, now)
+        registration.prune_jobs(self.store, now, jobs)
         for model in self.tts.reap():
-            count = self.tts_failures[model.name] = self.tts_failures.get(model.name, 0) + 1
-            self.tts_restart_at[model.name] = now + backoff_delay(count)
+            self._tts_failed(model.name, now)
         for name, due in list(self.tts_restart_at.items()):
             if now >= due and f"tts:{name}" not in self.busy:
                 del self.tts_restart_at[name]
@@ -192,10 +193,14 @@ class Supervisor:
         problem = self.tts.ensure(model, self._shutting_down)
         if problem:
             log.error("%s", problem)
-            count = self.tts_failures[model.name] = self.tts_failures.get(model.name, 0) + 1
-            self.tts_restart_at[model.name] = time.time() + backoff_delay(count)
+            self._tts_failed(model.name, time.time())
         else:
             self.tts_failures.pop(model.name, None)
+
+    def _tts_failed(self, name: str, now: float) -> None:
+        """One more failure of the voice server in a row: its next start waits longer."""
+        count = self.tts_failures[name] = self.tts_failures.get(name, 0) + 1
+        self.tts_restart_at[name] = now + backoff_delay(count)
 
     def _free_dead_lease(self, now: float) -> None:
         """A leader on this host whose process is gone (SIGKILLed) need not be waited out."""
@@ -303,13 +308,19 @@ class Supervisor:
         self.store.add_counts(start_observation(time.monotonic() - started))
         log.info("%s: ready in %.2f s", avatar, time.monotonic() - started)
 
+    def _kill(self, avatar: str, child: subprocess.Popen | psutil.Process | None, port: int) -> None:
+        """The worker's whole tree, then its port free (said when something still holds it)."""
+        if child is not None:
+            procs.kill_tree(child, self.settings.stop_timeout)
+        if port and not ports.wait_free(port, self.settings.stop_timeout):
+            log.warning("%s: port %d still busy after the worker exited", avatar, port)
+
     def _start_failed(self, instance: Instance, proc: subprocess.Popen | None, why: str) -> None:
         if proc is not None:
-            procs.kill_tree(proc, self.settings.stop_timeout)
             with self.lock:
                 if self.children.get(instance.avatar) is proc:
                     del self.children[instance.avatar]
-            ports.wait_free(instance.port, self.settings.stop_timeout)
+            self._kill(instance.avatar, proc, instance.port)
         self.store.add_counts({"start_failures_total": 1})
         log.error("%s: start failed: %s", instance.avatar, why)
         current = self.store.get(instance.avatar)
@@ -338,9 +349,7 @@ class Supervisor:
         del self.misses[instance.avatar]
         with self.lock:
             child = self.children.pop(instance.avatar, None)
-        if child is not None:
-            procs.kill_tree(child, self.settings.stop_timeout)
-        ports.wait_free(instance.port, self.settings.stop_timeout)
+        self._kill(instance.avatar, child, instance.port)
         self._crashed(instance, f"the worker stopped answering /health ({allowed} checks missed)")
 
     def _reconcile(self, instance: Instance, sessions: int) -> None:
@@ -367,26 +376,24 @@ class Supervisor:
         self.store.put_doc("job", job["id"], job)
         path = self.settings.log_dir / f"register_{job['avatar']}.log"
         proc = procs.spawn(registration.job_argv(job), procs.child_env(keep=("REDIS_URL",)), path)
-        deadline = time.monotonic() + self.settings.register_timeout
+        outcome = procs.Outcome.CANCELLED
         try:
             # Bounded, and given up at shutdown rather than holding the manager's exit for minutes.
-            while proc.poll() is None:
-                if time.monotonic() >= deadline or self._shutting_down():
-                    procs.kill_tree(proc, self.settings.stop_timeout)
-                    break
-                try:
-                    proc.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
-                    pass
+            outcome = procs.wait_ready(proc, lambda: False, self.settings.register_timeout, self._shutting_down)
         finally:
+            if outcome != procs.Outcome.EXITED:
+                procs.kill_tree(proc, self.settings.stop_timeout)
+        done = self.store.get_doc("job", job["id"]) or job
+        if done["state"] not in ("done", "failed"):
+            # It crashed or ran out of time before it could release the name and its upload. (A
+            # finished child has released them itself, before telling anyone: the name may be
+            # taken again already, so it is not ours to unlock then.)
             registration.unlock(self.store, job["avatar"])
             shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
-        done = self.store.get_doc("job", job["id"]) or job
-        if done["state"] not in ("done", "failed"):  # it crashed or ran out of time
-            why = ("registration stopped: the manager is shutting down" if self._shutting_down() else
-                   f"registration did not finish within REGISTER_TIMEOUT={self.settings.register_timeout:g} s"
-                   if proc.returncode < 0 else
-                   f"registration failed (exit code {proc.returncode}): {procs.log_tail(path, 5)}")
+            why = {procs.Outcome.CANCELLED: "registration stopped: the manager is shutting down",
+                   procs.Outcome.TIMED_OUT: f"registration did not finish within "
+                                            f"REGISTER_TIMEOUT={self.settings.register_timeout:g} s",
+                   }.get(outcome, f"registration failed (exit code {proc.returncode}): {procs.log_tail(path, 5)}")
             registration.finish_job(self.store, done, error={"status": 500, "message": why})
         log.info("registration of %s: %s", job["avatar"], (self.store.get_doc("job", job["id"]) or {}).get("state"))
 
@@ -398,10 +405,7 @@ class Supervisor:
             child = self.children.pop(avatar, None)
         if child is None and instance.pid:
             child = self._find(instance)
-        if child is not None:
-            procs.kill_tree(child, self.settings.stop_timeout)
-        if instance.port and not ports.wait_free(instance.port, self.settings.stop_timeout):
-            log.warning("%s: port %d still busy after the worker exited", avatar, instance.port)
+        self._kill(avatar, child, instance.port)
         self.next_probe.pop(avatar, None)
         self.misses.pop(avatar, None)
         current = self.store.get(avatar)
@@ -497,6 +501,6 @@ class Supervisor:
             procs.kill_tree(self.api, self.settings.stop_timeout, leader=False)
         try:
             self.store.drop_lease(self.holder)
-        except StoreError:
-            pass
+        except StoreError as exc:  # it expires on its own within LEASE_TTL
+            log.warning("cannot give up the supervisor lease: %s", exc)
         log.info("supervisor stopped; %d worker(s) stopped", len(owned))

@@ -42,6 +42,17 @@ def free_port_block(width: int) -> int:
     raise RuntimeError(f"no block of {width} free ports")
 
 
+def manager_ports(max_avatars: int) -> dict[str, str]:
+    """AVATAR_MANAGER_PORT, AVATAR_BASE_PORT and every TTS_PORT_* for one manager, from one free
+    block, so they cannot overlap one another (separate blocks could) nor another manager's."""
+    from ports_config import TTS_PORTS
+
+    base = free_port_block(1 + max_avatars + len(TTS_PORTS))
+    tts_base = base + 1 + max_avatars
+    return {"AVATAR_MANAGER_PORT": str(base), "AVATAR_BASE_PORT": str(base + 1),
+            **{f"TTS_PORT_{name.upper()}": str(tts_base + i) for i, name in enumerate(sorted(TTS_PORTS))}}
+
+
 async def wait_healthy(url: str, path: str = "/health", timeout: float = 20.0) -> None:
     """Until GET url+path answers 200; TimeoutError naming the server otherwise."""
     loop = asyncio.get_running_loop()

@@ -62,7 +62,9 @@ def console_runs(manager: Manager, runs: int) -> dict[str, list[float]]:
         for kind in ("cold", "warm"):
             for _ in range(runs):
                 if kind == "cold":
-                    call(manager.port, "POST", "/avatar/stop-all")
+                    status, body = call(manager.port, "POST", "/avatar/stop-all")
+                    if status != 200:  # the run would be a warm one, measured as cold
+                        raise RuntimeError(f"POST /avatar/stop-all: {status} {body}")
                 else:
                     manager.start_avatar("demo")  # someone else keeps it running
                 times[kind].append(first_frame_ms(browser, url))

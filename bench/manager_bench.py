@@ -53,7 +53,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port_block  # noqa: E402
+from bench.common import manager_ports  # noqa: E402
 TIMEOUT = 120.0          # one request, cold starts included
 WARMUP = 0.5             # seconds of load discarded before a warm measurement
 POLL = 0.05
@@ -153,13 +153,10 @@ class Manager:
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
         self.data_dir, self.log_dir = tmp / "data", tmp / "logs"
         (self.data_dir / "avatars").mkdir(parents=True)
-        self.port = free_port_block(1)
-        max_avatars = int(env.get("MAX_AVATARS", 10))   # the default
-        base = free_port_block(max_avatars)
-        while self.port in range(base, base + max_avatars):
-            self.port = free_port_block(1)
-        self.env = {**os.environ, "AVATAR_DATA_DIR": str(self.data_dir), "LOG_DIR": str(self.log_dir),
-                    "AVATAR_MANAGER_PORT": str(self.port), "AVATAR_BASE_PORT": str(base), **env}
+        ports = manager_ports(int(env.get("MAX_AVATARS", 10)))   # 10: the default
+        self.port = int(ports["AVATAR_MANAGER_PORT"])
+        self.env = {**os.environ, **ports, "AVATAR_DATA_DIR": str(self.data_dir), "LOG_DIR": str(self.log_dir),
+                    **env}
         self.output = tmp / "manager.out"
         self.proc: subprocess.Popen | None = None
         self._seen: dict[int, psutil.Process] = {}

@@ -8,7 +8,8 @@ one viewer at a time; each trial speaks ~2.5 s, then interrupts. Measured per vi
 - speech: /human to the first speech packet arriving (network) and to the first loud decoded
   audio frame (heard; includes aiortc's receiver buffering 4 packets = 80 ms);
 - interrupt: /interrupt_talk to the last speech packet arriving (network);
-- fps and p99 interval between video frames, over all viewers, while they speak;
+- fps and p99 interval between video frames, per viewer over the whole measurement (one viewer
+  speaks at a time, the others are idle and share the idle stream);
 - CPU of the worker process per session (% of one core).
 By default the viewers time video frames as their RTP packets arrive and decode only audio, so
 16 co-located clients do not steal the worker's 2 cores; --decode-video decodes everything.
@@ -34,13 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 from bench.common import free_port, wait_healthy  # noqa: E402
-from viewer import Viewer, loud_after  # noqa: E402
+from viewer import Viewer, loud_after, speech_at_network  # noqa: E402
 
 TEXT = "Hello, I am your avatar. Ask me anything you like and I will answer."
-
-
-def first_speech_packet(levels, since):
-    return next((t for t, level in levels if t >= since and level < 60), None)
 
 
 def last_speech_packet(levels, since):
@@ -64,7 +61,7 @@ async def measure(url: str, pid: int, viewers_count: int, trials: int, decode_vi
             await viewer.post(http, "/interrupt_talk")
             await asyncio.sleep(0.5)
             got = viewer.received
-            speech.append(first_speech_packet(got.rtp_levels, asked) - asked)
+            speech.append(speech_at_network(got.rtp_levels, asked) - asked)
             heard.append(loud_after(got.audio, asked, 300) - asked)
             silence.append(last_speech_packet(got.rtp_levels, interrupted) - interrupted)
         cpu1, t1 = process.cpu_times(), time.monotonic()

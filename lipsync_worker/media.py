@@ -135,10 +135,14 @@ class Stage:
 
     async def load(self, avatar: Avatar) -> None:
         """The engine's load and warm-up, in the thread its frames are rendered in."""
+        await self._engine_call(self.engine.load, avatar)
+
+    async def _engine_call(self, method, *args):
+        """Inline unless the engine is slow (a model): getting a result back from a thread can
+        take tens of milliseconds on a busy loop, far more than a cheap frame costs."""
         if self.engine.slow:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load, avatar)
-        else:
-            self.engine.load(avatar)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
+        return method(*args)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,7 +198,7 @@ class Stage:
         if idle:
             if not all(viewer.on_shared_stream for viewer in idle):
                 self.shared.request_keyframe()
-            data = self.shared.encode(to_i420(base))  # ~1 ms: inline (see _render)
+            data = self.shared.encode(to_i420(base))  # ~1 ms: inline (see _engine_call)
             for viewer in idle:
                 viewer.on_shared_stream = True
                 self._push_video(viewer, av.Packet(data))
@@ -203,18 +207,13 @@ class Stage:
         asyncio.get_running_loop().call_at(half_time, self._push_second_half, viewers, audio)
 
     async def _render(self, jobs: list[FrameJob]) -> list[np.ndarray]:
-        """Engine calls, inline unless the engine is slow (a model): getting a result back from a
-        thread can take tens of milliseconds on a busy loop, far more than a cheap frame costs."""
         size = self.engine.batch_size
         t0 = time.perf_counter()
         out = []
         for i in range(0, len(jobs), size):
-            METRICS.engine_batch.observe(len(jobs[i:i + size]))
-            if self.engine.slow:
-                out += await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.engine.render, jobs[i:i + size])
-            else:
-                out += self.engine.render(jobs[i:i + size])
+            batch = jobs[i:i + size]
+            METRICS.engine_batch.observe(len(batch))
+            out += await self._engine_call(self.engine.render, batch)
         METRICS.engine_seconds.observe((time.perf_counter() - t0) / len(jobs))
         return out
 

@@ -31,9 +31,10 @@ class SpeechBuffer:
 
     def take(self, count: int) -> tuple[np.ndarray, str | None]:
         """The next `count` samples (silence past the end) and the phoneme at their middle."""
-        size = min(len(self._pcm), 2 * count)
+        queued = self.peek(count)
+        size = 2 * len(queued)
         samples = np.zeros(count, dtype=np.int16)
-        samples[:size // 2] = np.frombuffer(bytes(self._pcm[:size]), dtype="<i2")
+        samples[:len(queued)] = queued
         del self._pcm[:size]
         middle = self._played + count // 2
         self._played += size // 2

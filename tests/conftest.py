@@ -153,8 +153,13 @@ def manager(tmp_path):
         return m.start() if start else m
 
     yield start
-    for m in started:
-        m.stop()
+    problems = []
+    for m in started:  # every one of them, even after one failed its check
+        try:
+            m.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+    assert not problems, problems
 
 
 @pytest.fixture
@@ -195,3 +200,10 @@ def demo_source(tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return data / "avatars" / "demo"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """MODELS_DIR with small random models of MuseTalk's architecture, in the real layout."""
+    from lipsync_worker.musetalk.models import save_random
+    return save_random(tmp_path_factory.mktemp("models"))

@@ -13,8 +13,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from bench.common import free_port_block
-from ports_config import TTS_PORTS
+from bench.common import manager_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +28,14 @@ def wait_for(check, timeout: float = 20.0, what: str = "a condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped by its parent counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def make_avatar(data_dir: Path, name: str, source: Path | None = None, **config) -> Path:
@@ -52,16 +59,13 @@ class Manager:
         self.data_dir = tmp / "data"
         self.log_dir = tmp / "logs"
         self.data_dir.mkdir(exist_ok=True)
-        self.port = int(env.get("AVATAR_MANAGER_PORT") or free_port_block(1))
         self.max_avatars = int(env.get("MAX_AVATARS", 4))
-        self.base_port = int(env.get("AVATAR_BASE_PORT") or free_port_block(self.max_avatars))
         # TTS servers on ports of their own too, so that managers never share one by accident.
-        tts_base = free_port_block(len(TTS_PORTS))
-        tts_ports = {f"TTS_PORT_{name.upper()}": str(tts_base + i) for i, name in enumerate(sorted(TTS_PORTS))}
-        self.env = {**os.environ, **tts_ports, "AVATAR_DATA_DIR": str(self.data_dir), "LOG_DIR": str(self.log_dir),
-                    "AVATAR_MANAGER_PORT": str(self.port), "AVATAR_BASE_PORT": str(self.base_port),
-                    "MAX_AVATARS": str(self.max_avatars), "STARTUP_TIMEOUT": "20", "STOP_TIMEOUT": "3",
-                    **env}
+        self.env = {**os.environ, **manager_ports(self.max_avatars), "AVATAR_DATA_DIR": str(self.data_dir),
+                    "LOG_DIR": str(self.log_dir), "MAX_AVATARS": str(self.max_avatars), "STARTUP_TIMEOUT": "20",
+                    "STOP_TIMEOUT": "3", **env}
+        self.port = int(self.env["AVATAR_MANAGER_PORT"])
+        self.base_port = int(self.env["AVATAR_BASE_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = tmp / f"manager-{self.port}.out"
         self.proc: subprocess.Popen | None = None
@@ -87,6 +91,11 @@ class Manager:
         """The port settings of this manager, for one started in its place."""
         return {k: v for k, v in self.env.items()
                 if k.startswith("TTS_PORT_") or k in ("AVATAR_MANAGER_PORT", "AVATAR_BASE_PORT")}
+
+    def info(self, key: str) -> dict | None:
+        """GET /avatar/info/<key>: the instance, or None when there is none."""
+        answer = self.get(f"/avatar/info/{key}")
+        return answer.json()["data"] if answer.status_code == 200 else None
 
     def tts_port(self, model: str) -> int:
         return int(self.env[f"TTS_PORT_{model.upper()}"])

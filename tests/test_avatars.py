@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from managers import wait_for
 from lipsync_worker import avatars, quality
 
 PORTRAIT = ROOT / "assets" / "astronaut.png"
@@ -205,9 +206,8 @@ def test_a_preparation_waits_for_the_lock_before_swapping_in(tmp_path):
     with avatars.avatar_lock(tmp_path, "astro"):
         worker = threading.Thread(target=lambda: done.append(avatars.prepare(video, "astro", tmp_path)))
         worker.start()
-        deadline = time.monotonic() + 60
-        while not list((tmp_path / "avatars").glob(".astro.*/config.json")) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: list((tmp_path / "avatars").glob(".astro.*/config.json")), 60,
+                 "the new preparation to be staged beside the old one")
         time.sleep(0.2)                                 # room to misbehave, were the lock ignored
         assert avatars.load(tmp_path, "astro").config["kind"] == "image" and not done
     worker.join(60)

@@ -149,6 +149,15 @@ def test_the_console_in_persian_is_right_to_left_and_speaks_persian(fleet):
         browser.find_element(By.CSS_SELECTOR, "#language option[value=en]").click()
         assert js(browser, "return document.documentElement.dir") == "ltr"
         assert browser.find_element(By.ID, "speak").text == "Speak"
+        # The page is left-to-right now, yet Persian text in it is not (dir="auto"): the checks
+        # above, made in an rtl page, would pass by inheritance alone.
+        assert js(browser, "return getComputedStyle(document.querySelector('#transcript li')).direction") == "rtl"
+        field.clear()
+        field.send_keys(text)
+        assert js(browser, "return getComputedStyle(document.getElementById('text')).direction") == "rtl"
+        field.clear()
+        field.send_keys("Hello")
+        assert js(browser, "return getComputedStyle(document.getElementById('text')).direction") == "ltr"
 
 
 def test_the_operator_view_shows_the_instance_restarts_it_and_a_stop_empties_it(fleet):

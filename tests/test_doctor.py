@@ -12,40 +12,17 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from managers import free_port_block
+from bench.common import free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
 # Settings the outer environment must not leak into a run.
 SETTINGS = ("AVATAR_DATA_DIR", "AVATAR_MANAGER_HOST", "AVATAR_MANAGER_PORT", "AVATAR_BASE_PORT", "MAX_AVATARS",
             "LOG_DIR", "REDIS_URL", "GPU_IDS", "GPU_MIN_FREE_MB", "API_TOKEN", "MODELS_DIR",
-            "EDGETTS_PROXY", "PYTHONPATH")
+            "EDGETTS_PROXY", "PYTHONPATH", "FAKE_NVML")
 
-FAKE_NVML = '''
-"""A stand-in for nvidia-ml-py: two GPUs, the second with little memory free."""
-class NVMLError(Exception):
-    pass
-
-class _Memory:
-    def __init__(self, total_mb, free_mb):
-        self.total, self.free, self.used = total_mb << 20, free_mb << 20, (total_mb - free_mb) << 20
-
-_GPUS = [("Fake A100", 40960, 30000), ("Fake T4", 16384, 2000)]
-
-def nvmlInit():
-    pass
-
-def nvmlDeviceGetCount():
-    return len(_GPUS)
-
-def nvmlDeviceGetHandleByIndex(index):
-    return index
-
-def nvmlDeviceGetMemoryInfo(handle):
-    return _Memory(*_GPUS[handle][1:])
-
-def nvmlDeviceGetName(handle):
-    return _GPUS[handle][0]
-'''
+FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
+TWO_GPUS = {"gpus": [{"name": "Fake A100", "total_mb": 40960, "free_mb": 30000},
+                     {"name": "Fake T4", "total_mb": 16384, "free_mb": 2000}]}
 
 
 class Run:
@@ -183,10 +160,8 @@ def test_a_running_manager_is_recognised(manager):
 
 
 def test_gpus_are_listed_with_their_memory(tmp_path):
-    fake = tmp_path / "fake_nvml"
-    fake.mkdir()
-    (fake / "pynvml.py").write_text(FAKE_NVML)
-    env = {**base_env(tmp_path), "PYTHONPATH": str(fake), "GPU_IDS": "1,0,5", "GPU_MIN_FREE_MB": "6000"}
+    env = {**base_env(tmp_path), "PYTHONPATH": str(FAKE_NVML_DIR), "FAKE_NVML": json.dumps(TWO_GPUS),
+           "GPU_IDS": "1,0,5", "GPU_MIN_FREE_MB": "6000"}
     run = doctor(env)
     assert run.code == 0, run.text
     assert run.has("ok", "GPU 0 Fake A100", "30000 of 40960 MB free"), run.text
@@ -196,13 +171,9 @@ def test_gpus_are_listed_with_their_memory(tmp_path):
 
 
 def test_without_nvml_instances_run_on_the_cpu(tmp_path):
-    fake = tmp_path / "fake_nvml"
-    fake.mkdir()
-    (fake / "pynvml.py").write_text(FAKE_NVML.replace("def nvmlInit():\n    pass",
-                                                      "def nvmlInit():\n    raise NVMLError('no driver')"))
-    run = doctor({**base_env(tmp_path), "PYTHONPATH": str(fake)})
+    run = doctor({**base_env(tmp_path), "PYTHONPATH": str(FAKE_NVML_DIR), "FAKE_NVML": '{"error": "driver"}'})
     assert run.code == 0, run.text
-    assert run.has("warn", "GPUs: none", "no driver", "instances run on the CPU"), run.text
+    assert run.has("warn", "GPUs: none", "Driver Not Loaded", "instances run on the CPU"), run.text
 
 
 def test_musetalk_weights_in_place_are_found(tmp_path):

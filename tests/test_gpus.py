@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from managers import free_port_block, wait_for
+from managers import wait_for
 
 from avatar_manager import gpus
 from avatar_manager.settings import Settings
@@ -132,7 +132,6 @@ def nvml_env(world: dict | Path, **env) -> dict[str, str]:
     """The manager's environment: the fake pynvml first on its path, the fault-injection worker."""
     path = os.pathsep.join([str(FAKE_NVML_DIR), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
     return {"PYTHONPATH": path, "WORKER_MODULE": "tests.fake_worker", "MAX_AVATARS": "4",
-            "AVATAR_BASE_PORT": str(free_port_block(4)),
             "FAKE_NVML": str(world) if isinstance(world, Path) else json.dumps(world), **env}
 
 
@@ -228,6 +227,7 @@ def test_a_full_gpu_puts_puppet_on_the_cpu_and_refuses_musetalk(manager):
     assert r.status_code == 503, r.text
     body = r.json()
     assert body["status"] == "error" and "GPU_MIN_FREE_MB=6000" in body["message"], body
+    assert body["reason"] == "capacity"
     assert "GPU 0 4000 MB" in body["message"]
     # Nothing spawned, nothing recorded.
     assert m.get("/avatar/list").json()["data"] == []
@@ -321,11 +321,9 @@ def test_status_says_why_no_gpu_is_listed(manager, world, gpu_ids, says):
         assert "GPU_IDS" not in note
 
 
-def test_a_musetalk_avatar_on_a_gpu_is_running_only_once_its_worker_is_warm(manager, demo_source, tmp_path):
+def test_a_musetalk_avatar_on_a_gpu_is_running_only_once_its_worker_is_warm(manager, demo_source, tiny_models):
     """The real worker with small random MuseTalk models (on the CPU: NVML is faked, CUDA is not)."""
-    from lipsync_worker.musetalk.models import save_random
-    models = save_random(tmp_path / "models")
-    m = manager(**nvml_env({"gpus": [gpu(70000)]}, WORKER_MODULE="lipsync_worker", MODELS_DIR=str(models)))
+    m = manager(**nvml_env({"gpus": [gpu(70000)]}, WORKER_MODULE="lipsync_worker", MODELS_DIR=str(tiny_models)))
     m.avatar("muse", source=demo_source, avatar_model="musetalk")
     instance = start(m, "muse")
     assert instance["gpu"] == 0 and instance["state"] == "RUNNING"

@@ -17,7 +17,7 @@ import pytest
 import redis
 import requests
 from conftest import free_port
-from managers import ROOT, Manager, make_avatar, wait_for
+from managers import ROOT, Manager, gone, make_avatar, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatar_manager.ports import is_free
@@ -95,13 +95,6 @@ def port_free(port: int) -> bool:
     except requests.ConnectionError:
         pass
     return is_free(port)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def metric_values(m: Manager) -> dict[tuple[str, tuple], float]:
@@ -362,7 +355,9 @@ def test_failed_starts_report_why_and_leave_nothing(manager):
     def only_manager_processes() -> bool:
         return workers(m) == {}
 
-    assert "crashing at start as asked" in error(m.start_avatar("crash_user_1", "crash"), 503)
+    crashed = m.start_avatar("crash_user_1", "crash")
+    assert "crashing at start as asked" in error(crashed, 503)
+    assert crashed.json()["reason"] == "start_failed"
     assert only_manager_processes()
     assert port_free(only_port)
     fine = ok(m.start_avatar("fine_user_1", "fine"))  # the one port (MAX_AVATARS=1) was given back
@@ -404,7 +399,8 @@ def test_max_avatars_is_enforced_and_freed_by_a_stop(manager):
     a = ok(m.start_avatar("a_user_1", "a"))
     ok(m.start_avatar("b_user_1", "b"))
     logs = avatar_logs(m)
-    assert "MAX_AVATARS" in error(m.start_avatar("c_user_1", "c"), 503)
+    full = m.start_avatar("c_user_1", "c")
+    assert "MAX_AVATARS" in error(full, 503) and full.json()["reason"] == "capacity"
     assert avatar_logs(m) == logs
     assert sorted(workers(m).values()) == ["a", "b"]
     assert info(m, "c") is None

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
-from managers import free_port_block, make_avatar
+from managers import make_avatar, wait_for
 
 from avatar_manager.instances import State
 from avatar_manager.pool import Pool, StartFailed
@@ -70,12 +70,14 @@ def fire(url: str, bodies: list[dict]) -> list[tuple[dict, int | None, object]]:
 
 def test_1000_concurrent_starts_for_50_avatars_run_exactly_max_avatars(manager, store_env):
     m = manager(WEB_CONCURRENCY="4", MAX_AVATARS=str(MAX_AVATARS), WORKER_MODULE="tests.fake_worker",
-                AVATAR_BASE_PORT=str(free_port_block(MAX_AVATARS)), IDLE_TIMEOUT="300", **store_env)
+                IDLE_TIMEOUT="300", **store_env)
+
+    def api_processes() -> list:
+        return [p for p in m.tree() if "gunicorn" in " ".join(cmdline(p))]
+
     # /ready answers once one gunicorn worker serves; all 4 take part in the storm.
-    deadline = time.monotonic() + 30
-    while len(api := [p for p in m.tree() if "gunicorn" in " ".join(cmdline(p))]) < 1 + 4:
-        assert time.monotonic() < deadline, [cmdline(p) for p in api]
-        time.sleep(0.05)
+    wait_for(lambda: len(api_processes()) >= 1 + 4, 30, "gunicorn's arbiter and its 4 workers")
+    api = api_processes()
     assert len(api) == 1 + 4, [cmdline(p) for p in api]  # gunicorn's arbiter and its 4 workers
     for name in AVATARS:
         m.avatar(name)

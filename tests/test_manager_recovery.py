@@ -10,12 +10,7 @@ import time
 import psutil
 import requests
 
-from managers import Manager, wait_for
-
-
-def info(m: Manager, name: str) -> dict | None:
-    answer = m.get(f"/avatar/info/{name}")
-    return answer.json()["data"] if answer.status_code == 200 else None
+from managers import gone, wait_for
 
 
 def test_a_killed_worker_is_replaced_on_its_port_with_its_connections(manager):
@@ -24,27 +19,27 @@ def test_a_killed_worker_is_replaced_on_its_port_with_its_connections(manager):
     first = m.start_avatar("a_user_1").json()["data"]
     m.start_avatar("a_user_2")
     os.kill(first["pid"], signal.SIGKILL)
-    again = wait_for(lambda: (i := info(m, "a")) and i["state"] == "RUNNING" and i["pid"] != first["pid"] and i,
+    again = wait_for(lambda: (i := m.info("a")) and i["state"] == "RUNNING" and i["pid"] != first["pid"] and i,
                      what="a replacement worker")
     assert again["port"] == first["port"] and again["connections"] == 2
     health = requests.get(f"http://127.0.0.1:{again['port']}/health", timeout=2).json()
     assert health["pid"] == again["pid"]
-    assert not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert gone(first["pid"])
 
 
 def test_a_hung_worker_is_killed_and_replaced(manager):
     m = manager(WORKER_MODULE="tests.fake_worker", HEALTH_CHECK_INTERVAL="0.3", HEALTH_CHECK_MISSES="2")
     m.avatar("h", fault="freeze_after:1")
     first = m.start_avatar("h").json()["data"]
-    wait_for(lambda: (i := info(m, "h")) and i["pid"] not in (None, first["pid"]), what="the hung worker replaced")
-    assert not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE
+    wait_for(lambda: (i := m.info("h")) and i["pid"] not in (None, first["pid"]), what="the hung worker replaced")
+    assert gone(first["pid"])
 
 
 def test_a_crash_loop_ends_in_failed_with_the_port_released_and_restart_clears_it(manager):
     m = manager(WORKER_MODULE="tests.fake_worker", MAX_AVATARS=1)
     folder = m.avatar("loop", fault="crash_after:0.3")
     assert m.start_avatar("loop").status_code == 200
-    failed = wait_for(lambda: (i := info(m, "loop")) and i["state"] == "FAILED" and i, timeout=60,
+    failed = wait_for(lambda: (i := m.info("loop")) and i["state"] == "FAILED" and i, timeout=60,
                       what="FAILED after the restart budget")
     assert failed["port"] is None and "exited with code 4" in failed["error"]
     assert m.get("/status").json()["data"]["manager"]["states"]["FAILED"] == 1
@@ -69,12 +64,12 @@ def test_after_the_manager_is_killed_a_new_one_adopts_the_live_workers(manager, 
 
     again = manager(start=False, WORKER_MODULE="tests.fake_worker", **m.same_ports())
     again.start()
-    adopted = info(again, "keep")
+    adopted = again.info("keep")
     assert adopted["state"] == "RUNNING" and adopted["pid"] == first["pid"] and adopted["port"] == first["port"]
     joined = again.start_avatar("keep_user_2").json()["data"]
     assert joined["pid"] == first["pid"] and joined["connections"] == 2
     assert again.post("/avatar/stop", {"avatar_id": "keep"}).status_code == 200
-    assert not psutil.pid_exists(first["pid"])
+    assert gone(first["pid"])
 
 
 def test_connections_no_session_backs_are_dropped_after_the_stale_timeout(manager):
@@ -85,20 +80,20 @@ def test_connections_no_session_backs_are_dropped_after_the_stale_timeout(manage
     m.avatar("forgotten")
     first = m.start_avatar("forgotten_user_1").json()["data"]
     m.start_avatar("forgotten_user_2")
-    wait_for(lambda: info(m, "forgotten") is None, timeout=30, what="the forgotten instance to be reaped")
-    assert not psutil.pid_exists(first["pid"])
+    wait_for(lambda: m.info("forgotten") is None, timeout=30, what="the forgotten instance to be reaped")
+    assert gone(first["pid"])
 
 
 def test_an_instance_with_a_live_session_is_never_idle(manager):
     m = manager(WORKER_MODULE="tests.fake_worker", HEALTH_CHECK_INTERVAL="0.2", IDLE_TIMEOUT="0.5")
     m.avatar("watched", sessions=1)
     m.start_avatar("watched")
-    wait_for(lambda: (i := info(m, "watched")) and i["sessions"] == 1, what="the worker's session count")
+    wait_for(lambda: (i := m.info("watched")) and i["sessions"] == 1, what="the worker's session count")
     assert m.post("/avatar/disconnect", {"avatar_name": "watched"}).json()["data"]["connections"] == 0
     time.sleep(2)  # four idle timeouts
-    assert info(m, "watched")["state"] == "RUNNING"
+    assert m.info("watched")["state"] == "RUNNING"
     # The viewer leaves: the health checks go on, see it, and the idle instance is stopped.
     folder = m.data_dir / "avatars" / "watched"
     (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
                                                     "sessions": 0}))
-    wait_for(lambda: info(m, "watched") is None, what="the instance stopped once nobody watches")
+    wait_for(lambda: m.info("watched") is None, what="the instance stopped once nobody watches")

@@ -1,10 +1,9 @@
 """Lazy TTS: the first avatar that needs a voice model gets that model's server started."""
 from __future__ import annotations
 
-import psutil
 import requests
 
-from managers import wait_for
+from managers import gone, wait_for
 
 
 def _health(port: int) -> dict | None:
@@ -36,7 +35,7 @@ def test_a_worker_gets_its_tts_server_started_and_stopped_with_the_manager(manag
     assert [c.pid for c in m.tree() if "tts_services" in " ".join(c.cmdline())] == tts_pids
 
     m.stop()
-    assert not psutil.pid_exists(tts_pids[0]) or psutil.Process(tts_pids[0]).status() == psutil.STATUS_ZOMBIE
+    assert gone(tts_pids[0])
     assert _health(port) is None
 
 
@@ -70,4 +69,4 @@ def test_a_dead_tts_server_is_started_again_and_an_orphaned_one_adopted(manager)
     again.start()
     assert _health(port)["model"] == "espeak"
     again.stop()
-    wait_for(lambda: not tts.is_running() or tts.status() == psutil.STATUS_ZOMBIE, what="the adopted server stopped")
+    wait_for(lambda: gone(tts.pid), what="the adopted server stopped")

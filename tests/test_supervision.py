@@ -26,7 +26,6 @@ import requests  # noqa: E402
 
 from avatar_manager import ports  # noqa: E402
 from managers import Manager, make_avatar, wait_for  # noqa: E402
-from ports_config import TTS_PORTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = "tests.test_supervision"
@@ -34,11 +33,6 @@ OUR_MODULES = ("avatar_manager", "gunicorn", "lipsync_worker", "tests.fake_worke
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def info(m: Manager, name: str) -> dict | None:
-    answer = m.get(f"/avatar/info/{name}")
-    return answer.json()["data"] if answer.status_code == 200 else None
-
 
 def health(port: int) -> dict:
     return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
@@ -104,11 +98,6 @@ def orphans_of(m: Manager) -> list[str]:
     return found
 
 
-def tts_port(m: Manager, model: str) -> int:
-    """The model's TTS port for this manager (tests.managers gives each manager ports of its own)."""
-    return int(m.env.get(f"TTS_PORT_{model.upper()}", TTS_PORTS[model]))
-
-
 def gunicorn_master(m: Manager) -> psutil.Process:
     return next(p for p in psutil.Process(m.proc.pid).children() if "gunicorn" in cmdline(p))
 
@@ -126,7 +115,7 @@ def test_a_worker_that_ignores_sigterm_is_sigkilled_after_the_grace_period(manag
     assert stopped.status_code == 200, stopped.text
     wait_gone([worker], what="worker that ignores SIGTERM")
     assert ports.is_free(started["port"])
-    assert info(m, "stubborn") is None
+    assert m.info("stubborn") is None
     # It took the SIGKILL path, not a polite exit.
     assert "after SIGTERM; sending SIGKILL" in (m.log_dir / "manager.log").read_text()
 
@@ -154,7 +143,7 @@ def test_a_crashed_workers_forked_helpers_die_with_it(manager):
     assert len(helpers) == 3
     try:
         os.kill(first["pid"], signal.SIGKILL)
-        again = wait_for(lambda: (i := info(m, "forker")) and i["state"] == "RUNNING" and i["pid"] != first["pid"]
+        again = wait_for(lambda: (i := m.info("forker")) and i["state"] == "RUNNING" and i["pid"] != first["pid"]
                          and i, what="a replacement worker")
         replacement_helpers = health(again["port"])["children"]
         assert len(replacement_helpers) == 3 and not set(replacement_helpers) & {p.pid for p in helpers}
@@ -173,7 +162,7 @@ def test_sigterm_stops_every_worker_tts_server_and_gunicorn_and_exits_0(manager,
     m.avatar("fake", worker="fake", fault=["ignore_term", "fork:2"], tts_model="edgetts")
     ours = {"espeak", "edgetts"}
     for model in ours:  # a server already there would be used, not owned
-        assert ports.is_free(tts_port(m, model)), f"something already listens on {model}'s TTS port"
+        assert ports.is_free(m.tts_port(model)), f"something already listens on {model}'s TTS port"
     m.start()
     real = m.start_avatar("demo").json()["data"]
     fake = m.start_avatar("fake").json()["data"]
@@ -238,7 +227,7 @@ def test_gunicorn_recycling_its_workers_orphans_nothing(manager):
     assert gunicorn_master(m).pid == master.pid
 
     # The avatar's worker never noticed: same process, still the supervisor's child.
-    now = info(m, "steady")
+    now = m.info("steady")
     assert now["state"] == "RUNNING" and now["pid"] == first["pid"] and now["connections"] == 1 + joins
     assert psutil.Process(first["pid"]).ppid() == supervisor.pid
     assert health(first["port"])["pid"] == first["pid"]

@@ -1,5 +1,4 @@
 """The worker's own page in headless Chromium: real WebRTC, real frames on screen."""
-import subprocess
 import sys
 import time
 
@@ -7,13 +6,12 @@ import pytest
 import requests
 
 from browser import chromium, screenshot, watch_video
-from conftest import ROOT
+from managers import make_avatar, wait_for
 
 
 @pytest.fixture
-def worker(spawn, tmp_path):
-    subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                    "--avatar_id", "astro"], cwd=ROOT, env={"AVATAR_DATA_DIR": str(tmp_path)}, check=True, timeout=60)
+def worker(spawn, tmp_path, demo_source):
+    make_avatar(tmp_path, "astro", source=demo_source)
     return spawn([sys.executable, "-m", "lipsync_worker", "--avatar_id", "astro", "--listenport", "{port}"],
                  env={"AVATAR_DATA_DIR": str(tmp_path)})
 
@@ -32,9 +30,6 @@ def test_the_page_plays_the_avatar_and_makes_it_speak(worker):
         assert 60 < seen["mean"] < 200 and seen["std"] > 30        # a picture, not a black or flat frame
         browser.find_element("id", "text").send_keys("Hello from the browser.")
         browser.find_element("css selector", "#say button[type=submit]").click()
-        deadline = time.monotonic() + 5
-        while not requests.post(worker.url + "/is_speaking", json={"sessionid": seen["session"]},
-                                timeout=5).json()["data"]:
-            assert time.monotonic() < deadline, "the typed text was never spoken"
-            time.sleep(0.05)
+        wait_for(lambda: requests.post(worker.url + "/is_speaking", json={"sessionid": seen["session"]},
+                                       timeout=5).json()["data"], 5, "the typed text to be spoken")
         assert "Connection: connected" in browser.find_element("id", "status").text

@@ -14,7 +14,7 @@ import requests
 
 from conftest import ROOT, free_port, run
 from upstreams import CHAT_REPLY, tone
-from viewer import Viewer, fps, loud_after, mouth_motion, quiet_after
+from viewer import Viewer, fps, loud_after, mouth_motion, quiet_after, speech_at_network
 
 LOUD_RMS = 300          # decoded 16-bit audio: speech is far above, silence is 0
 SILENT_DBOV = 100       # RTP audio level: 127 is digital silence, speech is well under 60
@@ -39,10 +39,6 @@ def worker(spawn, data_dir):
 
 def mouth_box(data_dir):
     return tuple(json.loads((data_dir / "avatars" / "astro" / "regions.json").read_text())[0]["mouth"])
-
-
-def speech_at_network(levels, since):
-    return next((t for t, level in levels if t >= since and level < 60), None)
 
 
 def silence_at_network(levels, since):

@@ -104,6 +104,11 @@ class Viewer:
         await self.pc.close()
 
 
+def speech_at_network(levels: list[tuple[float, int]], since: float) -> float | None:
+    """Arrival time of the first RTP audio packet after `since` whose level says speech (-dBov < 60)."""
+    return next((t for t, level in levels if t >= since and level < 60), None)
+
+
 def fps(times: list[float], start: float, end: float) -> float:
     return sum(start <= t < end for t in times) / (end - start)
 

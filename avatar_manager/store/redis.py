@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..instances import HOLDS_PORT, JOINABLE, Instance, State
+from ..instances import HOLDS_PORT, JOINABLE, Instance, State, record_value
 from .base import Busy, CapacityError, Claim, NotFound, Store, StoreError
 
 _FIELDS = frozenset(f.name for f in fields(Instance))
@@ -217,13 +217,6 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(query=""))
 
 
-def _value(value: object) -> str:
-    """A field as Instance.to_record writes it."""
-    if isinstance(value, State):
-        return value.value
-    return str(int(value) if isinstance(value, bool) else value)
-
-
 def _instance(flat: list[str]) -> Instance:
     return Instance.from_record(dict(zip(flat[::2], flat[1::2])))
 
@@ -302,7 +295,7 @@ class RedisStore(Store):
         unknown = set(changes) - _FIELDS
         if unknown:  # SqliteStore fails the same way ("no such column"), changing nothing
             raise StoreError(f"Redis store {self.url}: no such field {', '.join(sorted(unknown))}")
-        pairs = [part for name, value in changes.items() for part in (name, _value(value))]
+        pairs = [part for name, value in changes.items() for part in (name, record_value(value))]
         flat = self._instances(self._cas, avatar, json.dumps([State(s).value for s in allowed]),
                                State(to).value, *pairs)
         return _instance(flat) if flat else None

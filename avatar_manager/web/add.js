@@ -1,11 +1,13 @@
 // Add: register an avatar from a photo or a video, with upload progress and the quality report.
 import { get, imageUrl, upload } from "./api.js";
+import { $ } from "./dom.js";
 import { t } from "./i18n.js";
 import { clearProblem, showError, showProblem } from "./notice.js";
 
-const $ = (id) => document.getElementById(id);
-const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const JOB_POLL_MS = 1000;
+// A job still unfinished after this is not coming back (the supervisor gives up after
+// REGISTER_TIMEOUT, 300 s by default; a queued job nobody runs would wait forever).
+const JOB_FOLLOW_MS = 15 * 60 * 1000;
 const SHOWN_METRICS = ["face_px", "face_fraction", "brightness", "sharpness", "yaw_degrees", "clipped", "frames",
                        "frames_with_face"];
 
@@ -67,13 +69,15 @@ function refused(error) {
 
 // A registration that outlived REGISTER_WAIT answered 202: follow its job until it ends.
 async function follow(job) {
-  for (;;) {
+  const deadline = Date.now() + JOB_FOLLOW_MS;
+  while (Date.now() < deadline) {
     progress(null, t(job.state === "queued" ? "add.queued" : "add.preparing"));
     await new Promise((resolve) => setTimeout(resolve, JOB_POLL_MS));
     const answer = await get(job.status_url);  // a refusal throws here, with the registration's reasons
     if (!answer.data || !answer.data.job_id) return answer.data;
     job = { ...job, state: answer.data.state };
   }
+  throw Object.assign(new Error(t("error.timeout")), { status: 0 });  // status 0: the message is translated
 }
 
 async function submit(event) {
@@ -82,7 +86,6 @@ async function submit(event) {
   $("report").hidden = true;
   const form = new FormData($("register"));
   const file = form.get("file");
-  if (!NAME.test(form.get("avatar_name"))) return showProblem(t("add.bad_name"));
   if (file.size > settings.max_upload_bytes) {
     return showProblem(t("add.too_big", { size: (file.size / 1048576).toFixed(1),
                                           limit: (settings.max_upload_bytes / 1048576).toFixed(0) }));

@@ -5,12 +5,12 @@
 //   /?lang=fa                the interface in Persian
 import * as add from "./add.js";
 import { get, setToken } from "./api.js";
+import { $ } from "./dom.js";
 import { apply, preferred, remember } from "./i18n.js";
 import { showError } from "./notice.js";
 import * as operate from "./operate.js";
 import * as talk from "./talk.js";
 
-const $ = (id) => document.getElementById(id);
 const VIEWS = ["talk", "operate", "add"];
 
 function route() {

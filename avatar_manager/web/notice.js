@@ -20,8 +20,8 @@ export function showError(error) {
   else if (error.status === 401) key = "token.wrong";
   else if (error.status === 404) key = "error.missing";
   else if (error.status === 429) key = "error.full";
-  else if (error.status === 503 && /MAX_AVATARS|GPU_MIN_FREE_MB/.test(message)) key = "error.capacity";
-  else if (error.status === 503 && /start/.test(message)) key = "error.worker";
+  else if (error.body?.reason === "capacity") key = "error.capacity";
+  else if (error.body?.reason === "start_failed") key = "error.worker";
   showProblem(key ? t(key) : message, key ? message : "");
 }
 

@@ -1,10 +1,10 @@
 // Operate: every instance, the GPUs and the voice servers as the manager sees them, refreshed
 // every two seconds while this view is open; stop, restart and disconnect one instance.
 import { get, post } from "./api.js";
+import { $, badge } from "./dom.js";
 import { t } from "./i18n.js";
 import { showError } from "./notice.js";
 
-const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 2000;
 let timer = null;
 let refreshing = false;
@@ -23,13 +23,6 @@ function cell(content, className = "") {
   if (content instanceof Node) td.append(content);
   else td.textContent = content ?? "—";
   return td;
-}
-
-function badge(text, className) {
-  const span = document.createElement("span");
-  span.className = `badge ${className}`;
-  span.textContent = text;
-  return span;
 }
 
 function button(label, action, instance, danger = false) {

@@ -3,10 +3,10 @@
 // until the page goes away. Signalling goes through the manager's relay (/avatar/NAME/offer ...),
 // so only the manager's port must be reachable; the media flows straight from the worker.
 import { get, imageUrl, post, postOnExit } from "./api.js";
+import { $, badge } from "./dom.js";
 import { t } from "./i18n.js";
 import { clearProblem, showError, showProblem } from "./notice.js";
 
-const $ = (id) => document.getElementById(id);
 const video = $("video");
 const GATHER_TIMEOUT_MS = 5000;    // ICE candidates of the local machine; a browser has them in ms
 const previews = new Map();        // avatar name -> object URL of its preview
@@ -47,15 +47,13 @@ function card(record, instance) {
     button.append(about);
   }
   if (instance) {
-    const badge = document.createElement("span");
-    badge.className = `badge ${instance.state}`;
-    badge.textContent = instance.state === "RUNNING" ? t("gallery.running", { n: instance.connections }) : instance.state;
-    button.append(badge);
+    button.append(badge(instance.state === "RUNNING" ? t("gallery.running", { n: instance.connections })
+      : instance.state, instance.state));
   }
   if (previews.has(record.name)) {
     img.src = previews.get(record.name);
   } else {
-    imageUrl(`/avatar/${encodeURIComponent(record.name)}/preview`)
+    imageUrl(record.preview_url)
       .then((url) => { previews.set(record.name, url); img.src = url; })
       .catch(() => { img.alt = "—"; });
   }
@@ -148,8 +146,8 @@ function changed(attempt) {
     attempt.connected = true;
     clearTimeout(attempt.watchdog);
   } else if (state === "failed") {
-    if (attempt.connected) showProblem(t("error.lost"));
-    else blocked(attempt);
+    if (!attempt.connected) return blocked(attempt);
+    showProblem(t("error.lost"));
     release(attempt);
   }
 }
@@ -188,6 +186,7 @@ function release(attempt, leaving = false) {
   if (attempt === current) {
     video.srcObject = null;
     $("unmute").hidden = true;
+    stopMeter();
   }
 }
 
@@ -196,7 +195,6 @@ function leave() {
   release(current);
   setConnection("closed");
   current = null;
-  stopMeter();
 }
 
 // --- speaking ----------------------------------------------------------------------------------
@@ -250,7 +248,10 @@ function listen(track) {
 }
 
 function stopMeter() {
-  if (level) clearInterval(level.timer);
+  if (level) {
+    clearInterval(level.timer);
+    level.value = 0;
+  }
   $("level").value = 0;
 }
 

@@ -83,8 +83,9 @@ class MuseTalkEngine(LipSyncEngine):
             if job.tick != heard.tick + 1:  # a new run of speech: its own context, as MuseTalk's segments
                 heard.audio = np.zeros(0, np.float32)
             heard.tick = job.tick
-            heard.audio = np.concatenate([heard.audio, job.audio / 32768.0])[-(span - self.lookahead):]
-            windows.append(np.concatenate([heard.audio, job.ahead[:self.lookahead] / 32768.0]).astype(np.float32))
+            # float32 throughout: int16 / a float would make float64 copies of up to 30 s per frame.
+            heard.audio = np.concatenate([heard.audio, pcm(job.audio)])[-(span - self.lookahead):]
+            windows.append(np.concatenate([heard.audio, pcm(job.ahead[:self.lookahead])]))
             starts.append(len(heard.audio) - len(job.audio))
         with torch.inference_mode():
             tokens = audio_tokens(m, windows, starts)
@@ -103,13 +104,18 @@ class MuseTalkEngine(LipSyncEngine):
         bx1, by1, bx2, by2 = (v + d for v, d in zip(self.material.blends[i], (dx, dy, dx, dy)))
         frame = job.base.copy()
         h, w = frame.shape[:2]
-        pasted = frame.copy()
-        resized = cv2.resize(face, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
-        pasted[cy1:cy2, cx1:cx2] = resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+        # Only the blend square changes (the mask is zero outside it): the face is pasted there.
         fx1, fy1, fx2, fy2 = max(bx1, 0), max(by1, 0), min(bx2, w), min(by2, h)
-        mask = self.material.masks[i][fy1 - by1:fy2 - by1, fx1 - bx1:fx2 - bx1]
         region = frame[fy1:fy2, fx1:fx2].astype(np.float32)
-        new = pasted[fy1:fy2, fx1:fx2].astype(np.float32)
+        new = region.copy()
+        resized = cv2.resize(face, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+        cx1, cy1, cx2, cy2 = max(x1, fx1), max(y1, fy1), min(x2, fx2), min(y2, fy2)
+        new[cy1 - fy1:cy2 - fy1, cx1 - fx1:cx2 - fx1] = resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+        mask = self.material.masks[i][fy1 - by1:fy2 - by1, fx1 - bx1:fx2 - bx1]
         frame[fy1:fy2, fx1:fx2] = (new * mask + region * (1 - mask) + 0.5).astype(np.uint8)
         return frame
+
+
+def pcm(samples: np.ndarray) -> np.ndarray:
+    """int16 samples as float32 in -1..1, as whisper's feature extractor wants them."""
+    return samples.astype(np.float32) / 32768

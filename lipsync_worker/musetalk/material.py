@@ -124,13 +124,11 @@ def prepare(avatar: Avatar, vae: AutoencoderKL, device: torch.device, dtype: tor
 
 def prepare_with_vae(avatar: Avatar, models_dir: Path) -> Material:
     """Preparation alone, at registration: only the VAE is loaded (fp16 on a GPU)."""
-    from .models import pick_device, quiet
+    from .models import default_dtype, load_vae, pick_device
 
-    quiet()
     device = pick_device()
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    vae = AutoencoderKL.from_pretrained(models_dir / VAE, torch_dtype=dtype).to(device).eval()
-    return prepare(avatar, vae, device, dtype, vae_fingerprint(models_dir))
+    dtype = default_dtype(device)
+    return prepare(avatar, load_vae(models_dir, device, dtype), device, dtype, vae_fingerprint(models_dir))
 
 
 def _kept_latents(path: Path, crops: list[Box], fingerprint: str) -> torch.Tensor | None:

@@ -101,8 +101,28 @@ def quiet() -> None:
         library.utils.logging.disable_progress_bar()
 
 
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def _ready(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _refuse_missing(root: Path, absent: list[str]) -> None:
+    """Both libraries only warn about weights a checkpoint lacks and then leave them random:
+    here that is an error."""
+    if absent:
+        raise ValueError(f"the checkpoints in {root} lack {len(absent)} weights ({', '.join(sorted(absent)[:3])}, "
+                         f"...): they are not sd-vae-ft-mse and whisper-tiny; fetch them again")
+
+
+def load_vae(root: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
+    """The VAE alone (what preparing an avatar needs), checked as `load` checks it."""
+    quiet()
+    vae, info = AutoencoderKL.from_pretrained(root / VAE, output_loading_info=True, low_cpu_mem_usage=False)
+    _refuse_missing(root, info["missing_keys"])
+    return _ready(vae, device, dtype)
 
 
 def load(root: Path, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Models:
@@ -112,7 +132,7 @@ def load(root: Path, device: torch.device | None = None, dtype: torch.dtype | No
     check(root)
     quiet()
     device = device or pick_device()
-    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(device)
     unet_config = json.loads((root / UNET / "musetalk.json").read_text())
     # Built on the meta device and then given the checkpoint's tensors: no time spent on a
     # random initialisation of 850M parameters that would be overwritten at once.
@@ -120,15 +140,11 @@ def load(root: Path, device: torch.device | None = None, dtype: torch.dtype | No
         unet = UNet2DConditionModel.from_config(unet_config)
     state = torch.load(root / UNET / "unet.pth", map_location="cpu", weights_only=True)
     unet.load_state_dict(state, assign=True)  # strict: a checkpoint of another shape fails here
-    vae, vae_info = AutoencoderKL.from_pretrained(root / VAE, output_loading_info=True, low_cpu_mem_usage=False)
+    vae = load_vae(root, device, dtype)
     whisper, whisper_info = WhisperModel.from_pretrained(root / WHISPER, output_loading_info=True)
     whisper = whisper.get_encoder()
-    # Both libraries only warn about weights a checkpoint lacks and then leave them random: here
-    # that is an error (the decoder of whisper is never used, so its weights may be absent).
-    absent = vae_info["missing_keys"] + [k for k in whisper_info["missing_keys"] if k.startswith("encoder.")]
-    if absent:
-        raise ValueError(f"the checkpoints in {root} lack {len(absent)} weights ({', '.join(sorted(absent)[:3])}, "
-                         f"...): they are not sd-vae-ft-mse and whisper-tiny; fetch them again")
+    # The decoder of whisper is never used, so its weights may be absent.
+    _refuse_missing(root, [k for k in whisper_info["missing_keys"] if k.startswith("encoder.")])
     features = WhisperFeatureExtractor.from_pretrained(root / WHISPER)
     width = whisper.config.d_model
     if unet.config.cross_attention_dim != width:
@@ -137,7 +153,7 @@ def load(root: Path, device: torch.device | None = None, dtype: torch.dtype | No
     if features.nb_max_frames != 2 * whisper.config.max_source_positions:
         raise ValueError(f"{root / WHISPER}: the feature extractor's window ({features.nb_max_frames} mel frames) "
                          f"is not the encoder's ({2 * whisper.config.max_source_positions})")
-    return Models(_ready(unet, device, dtype), _ready(vae, device, dtype), _ready(whisper, device, dtype),
+    return Models(_ready(unet, device, dtype), vae, _ready(whisper, device, dtype),
                   features, PositionalEncoding(width).to(device), device, dtype)
 
 
