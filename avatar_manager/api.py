@@ -14,12 +14,16 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, jsonify, request, send_file
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
-from . import __version__, metrics, registration, relay, tts
+from contracts.cors import ANY as ANY_ORIGIN
+from contracts.openapi import flask_document, load
+
+from . import __version__, metrics, registration, relay_routes, schemas, tts
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
 from .logs import setup_logging
-from .pool import BadRequest, Pool, StartFailed, Unavailable
+from .pool import BadRequest, Conflict, Pool, StartFailed, Unavailable
 from .settings import Settings
 from .store import CapacityError, NotFound, StoreError, open_store
 
@@ -33,7 +37,7 @@ CONSOLE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'se
 
 def _open(path: str) -> bool:
     """Served without the API token: a browser must load the console to be asked for the token."""
-    return path in ("/", "/health") or path.startswith("/static/")
+    return path in ("/", "/health", "/openapi.json") or path.startswith("/static/")
 
 
 def _reply(message: str, data=None, status: int = 200, **extra) -> tuple[Response, int]:
@@ -55,15 +59,37 @@ def _body() -> dict:
     return body
 
 
-def _text(body: dict, name: str, required: bool = True) -> str | None:
-    value = body.get(name)
-    if value is None or value == "":
-        if required:
-            raise BadRequest(f"missing {name}")
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
-    return value
+def _load(schema) -> dict:
+    """The JSON body checked against its schema (avatar_manager.schemas); 400 saying what is wrong."""
+    try:
+        return load(schema, _body())
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _flag(name: str) -> bool:
+    """A query flag: 1/true or 0/false (absent: false)."""
+    value = request.args.get(name, "0")
+    if value not in ("0", "1", "true", "false"):
+        raise BadRequest(f"{name} must be 1 or 0 (or true or false), not {value!r}")
+    return value in ("1", "true")
+
+
+def _document(app: Flask, settings: Settings) -> dict:
+    """The manager's OpenAPI document; it names the bearer token only where API_TOKEN is set."""
+    document = flask_document(app, "Avatar manager", __version__, schemas.SCHEMAS)
+    components = document.setdefault("components", {})
+    components["responses"] = schemas.RESPONSES
+    if settings.api_token:
+        components["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"token": []}]
+    return document
+
+
+class _AvatarName(BaseConverter):
+    """/avatar/<avatar:name>: any segment but the fixed routes' words, so that DELETE /avatar/start
+    is a 405 (and OPTIONS /avatar/start does not offer DELETE), not the deletion of an avatar."""
+    regex = rf"(?!(?:{'|'.join(schemas.ROUTE_WORDS)})$)[^/]+"
 
 
 def _host() -> str:
@@ -80,8 +106,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("avatar_manager", static_folder=WEB, static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    if settings.cors_origins:
-        CORS(app, origins=settings.cors_origins)
+    app.url_map.converters["avatar"] = _AvatarName
+    if settings.cors_origins:  # none: no CORS headers at all, so browsers keep other origins out
+        # Every route, preflights included; the console and backends send the token in Authorization.
+        CORS(app, origins=settings.cors_origins, send_wildcard=settings.cors_origins == [ANY_ORIGIN],
+             allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     @app.before_request
     def authenticate():
@@ -98,8 +127,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         # the limit. A registration's file part goes to a temporary file, not memory.
         if request.endpoint == "register":
             request.max_content_length = settings.max_avatar_file_bytes + 64 * 1024
-        elif request.endpoint == "relayed":
-            request.max_content_length = relay.body_limit(request.view_args["path"])
 
     @app.errorhandler(BadRequest)
     def bad_request(exc):
@@ -108,6 +135,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(NotFound)
     def not_found(exc):
         return _reply(str(exc), status=404)
+
+    @app.errorhandler(Conflict)
+    def conflict(exc):
+        return _reply(str(exc), status=409)
 
     @app.errorhandler(CapacityError)
     @app.errorhandler(Unavailable)
@@ -124,7 +155,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        return _reply(exc.description or exc.name, status=exc.code or 500)
+        response, status = _reply(exc.description or exc.name, status=exc.code or 500)
+        if "Allow" in dict(exc.get_headers()):  # a 405 says which methods the path takes
+            response.headers["Allow"] = dict(exc.get_headers())["Allow"]
+        return response, status
 
     @app.errorhandler(Exception)
     def internal(exc):
@@ -138,10 +172,26 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/health")
     def health():
+        """Liveness; never needs the token.
+        ---
+        get:
+          summary: "Liveness"
+          security: []
+          responses:
+            200: {description: "the manager process answers", content: {application/json: {schema: Health}}}
+        """
         return jsonify({"status": "healthy", "service": "avatar-manager", "version": __version__})
 
     @app.get("/ready")
     def ready():
+        """---
+        get:
+          summary: "Readiness: the store answers and a supervisor holds the lease"
+          responses:
+            200: {description: "ready", content: {application/json: {schema: ReadyReply}}}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         store.ping()
         if not pool.supervised():
             return _reply("no supervisor holds the lease", status=503)
@@ -149,9 +199,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/status")
     def status():
+        """---
+        get:
+          summary: "The fleet: instances (FAILED ones too), capacity, GPUs"
+          responses:
+            200: {description: "the status", content: {application/json: {schema: StatusReply}}}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         instances = store.list()
         active = [i for i in instances if i.state not in (State.FAILED, State.STOPPED)]
-        gpus = read_gpus(settings.gpu_ids)
+        gpus = read_gpus(settings.gpu_ids, sensors=True)
         host = _host()
         manager = {
             "running": sum(i.state == State.RUNNING for i in instances),
@@ -179,33 +237,75 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics_route():
+        """---
+        get:
+          summary: "Prometheus metrics"
+          responses:
+            200: {description: "Prometheus text format", content: {text/plain: {schema: {type: string}}}}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         return Response(metrics.render(settings, store), mimetype="text/plain; version=0.0.4")
 
     @app.post("/avatar/start")
     def start():
-        body = _body()
-        instance, created = pool.start(_text(body, "avatar_id"), _text(body, "avatar_name", required=False))
+        """Join the avatar's instance or start one. At MAX_AVATARS the instance idle the longest
+        is stopped to make room; 503 (reason capacity) only when none is idle.
+        ---
+        post:
+          summary: "Join or start an avatar"
+          requestBody: {required: true, content: {application/json: {schema: Start}}}
+          responses:
+            200: {description: "running; is_new for the start that created it", content: {application/json: {schema: StartReply}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
+        body = _load(schemas.StartSchema())
+        instance, created = pool.start(body["avatar_id"], body["avatar_name"])
         verb = "started" if created else "joined"
         return _reply(f"avatar {instance.avatar} {verb} ({instance.connections} connection(s))",
                       {**instance.to_api(_host()), "is_new": created})
 
     @app.post("/avatar/disconnect")
     def disconnect():
-        body = _body()
-        key = _text(body, "avatar_name", required=False) or _text(body, "avatar_id", required=False)
-        if not key:
-            raise BadRequest("missing avatar_name or avatar_id")
+        """---
+        post:
+          summary: "One user leaves: connections - 1 (at 0 it stays warm for IDLE_TIMEOUT)"
+          requestBody: {required: true, content: {application/json: {schema: {allOf: [{$ref: '#/components/schemas/Disconnect'}], anyOf: [{required: [avatar_name]}, {required: [avatar_id]}]}}}}
+          responses:
+            200: {description: "the instance after", content: {application/json: {schema: InstanceReply}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
+        body = _load(schemas.DisconnectSchema())
+        key = body["avatar_name"] or body["avatar_id"]
         instance = pool.disconnect(key)
         return _reply(f"avatar {instance.avatar} disconnected ({instance.connections} connection(s) left)",
                       instance.to_api(_host()))
 
     @app.post("/avatar/stop")
     def stop():
-        body = _body()
-        force = body.get("force", True)
-        if not isinstance(force, bool):
-            raise BadRequest("force must be true or false")
-        remaining = pool.stop(_text(body, "avatar_id"), force)
+        """---
+        post:
+          summary: "Stop an instance (by its id or its avatar's name)"
+          requestBody: {required: true, content: {application/json: {schema: Stop}}}
+          responses:
+            200: {description: "stopped (or, force false, the instance that stays up)", content: {application/json: {schema: StopReply}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            409: {$ref: '#/components/responses/Conflict'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
+        body = _load(schemas.StopSchema())
+        remaining = pool.stop(body["avatar_id"], body["force"])
         if remaining is not None:
             return _reply(f"avatar {remaining.avatar} stays up with {remaining.connections} connection(s)",
                           remaining.to_api(_host()))
@@ -213,26 +313,78 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/avatar/restart")
     def restart():
-        instance = pool.restart(_text(_body(), "avatar_id"))
+        """---
+        post:
+          summary: "A new process on the same port; clears FAILED"
+          requestBody: {required: true, content: {application/json: {schema: Restart}}}
+          responses:
+            200: {description: "running again", content: {application/json: {schema: InstanceReply}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
+        instance = pool.restart(_load(schemas.RestartSchema())["avatar_id"])
         return _reply(f"avatar {instance.avatar} restarted", instance.to_api(_host()))
 
     @app.post("/avatar/stop-all")
     def stop_all():
+        """---
+        post:
+          summary: "Stop every instance"
+          responses:
+            200: {description: "how many were stopped", content: {application/json: {schema: Message}}}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         count = pool.stop_all()
         return _reply(f"{count} avatar instance(s) stopped")
 
     @app.get("/avatar/list")
     def list_instances():
-        instances = [i.to_api(_host()) for i in pool.list()]
+        """The instances that serve, each with a port and a process (what a backend resyncs
+        from); ?all=1: every record, FAILED ones too.
+        ---
+        get:
+          summary: "Running instances (all=1: every record)"
+          parameters:
+            - {in: query, name: all, required: false, schema: {type: string, enum: ["0", "1", "true", "false"]}, description: "1: FAILED and process-less records too"}
+          responses:
+            200: {description: "the instances; count beside data", content: {application/json: {schema: InstanceList}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
+        instances = [i.to_api(_host()) for i in pool.list(everything=_flag("all"))]
         return _reply("ok", instances, count=len(instances))
 
     @app.get("/avatar/info/<key>")
     def info(key: str):
+        """---
+        get:
+          summary: "One instance, by instance id (demo_user_1), a joiner's id, or avatar name (demo)"
+          parameters:
+            - {in: path, name: key, required: true, schema: {type: string, pattern: '^[A-Za-z0-9_-]{1,64}$'}}
+          responses:
+            200: {description: "the instance", content: {application/json: {schema: InstanceReply}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         return _reply("ok", pool.find(key).to_api(_host()))
 
     @app.get("/tts")
     def tts_servers():
-        """One line per voice model: is a server of it answering on its port (started lazily)."""
+        """One line per voice model: is a server of it answering on its port (started lazily).
+        ---
+        get:
+          summary: "The voice servers"
+          responses:
+            200: {description: "one per voice model", content: {application/json: {schema: TtsReply}}}
+            401: {$ref: '#/components/responses/Unauthorized'}
+        """
         models = list(tts.table(settings.tts_ports).values())
         with ThreadPoolExecutor(len(models)) as probes:
             healths = list(probes.map(lambda m: tts.probe(m, timeout=0.5), models))
@@ -242,28 +394,33 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # --- the signalling relay: LiveTalking's worker routes, reached through the manager -----------
 
-    @app.post(f"/avatar/<key>/<any({', '.join(relay.RELAYED)}):path>")
-    def relayed(key: str, path: str):
-        """Answers in the worker's own format, {"code": ...}, errors included."""
-        try:
-            answer = relay.forward(pool.find(key), path, request.get_data(),
-                                   request.content_type or "application/json")
-        except (BadRequest, NotFound, relay.RelayError) as exc:
-            status = 400 if isinstance(exc, BadRequest) else 404 if isinstance(exc, NotFound) else exc.status
-            return jsonify({"code": -1, "msg": str(exc)}), status
-        return Response(answer.body, status=answer.status, content_type=answer.content_type)
+    relay_routes.register(app, pool, store)
 
     # --- the web console ---------------------------------------------------------------------------
 
     @app.get("/")
     def console():
+        """---
+        get:
+          summary: "The web console"
+          security: []
+          responses:
+            200: {description: "its page", content: {text/html: {schema: {type: string}}}}
+        """
         response = send_file(WEB / "index.html", max_age=0)
         response.headers["Content-Security-Policy"] = CONSOLE_POLICY
         return response
 
     @app.get("/console/config")
     def console_config():
-        """What the page needs to know: chat available, the STUN/TURN servers, limits."""
+        """What the page needs to know: chat available, the STUN/TURN servers, limits.
+        ---
+        get:
+          summary: "The web console's settings"
+          responses:
+            200: {description: "its settings", content: {application/json: {schema: ConsoleConfigReply}}}
+            401: {$ref: '#/components/responses/Unauthorized'}
+        """
         return _reply("ok", {"chat": settings.chat, "ice_servers": settings.ice_servers,
                              "connect_timeout": settings.connect_timeout,
                              "tts_models": sorted(settings.tts_ports),
@@ -277,14 +434,30 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/avatar/register")
     def register():
-        form = request.form
-        name = form.get("avatar_name", "")
-        meta = {"owner": form.get("user_id", ""), "description": form.get("description", ""),
-                "tts_model": form.get("tts_model") or None, "timbre": form.get("timbre") or None,
-                "engine": form.get("engine") or None}
-        upload = request.files.get("file")
-        if upload is None:
-            raise BadRequest("missing the file (multipart field 'file')")
+        """Prepare an avatar from a photo or a video; answers within REGISTER_WAIT, else 202 and a job.
+        ---
+        post:
+          summary: "Register an avatar"
+          requestBody: {required: true, content: {multipart/form-data: {schema: Register}}}
+          responses:
+            200: {description: "registered", content: {application/json: {schema: AvatarReply}}}
+            202: {description: "still preparing after REGISTER_WAIT: poll status_url", content: {application/json: {schema: JobReply}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            409: {$ref: '#/components/responses/Conflict'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            415: {description: "not a photo or a video", content: {application/json: {schema: Error}}}
+            422: {description: "no usable face; `reasons` and `metrics` say why", content: {application/json: {schema: Error}}}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
+        try:
+            form = load(schemas.RegisterSchema(), {**request.form.to_dict(), "file": request.files.get("file")})
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        name, upload = form["avatar_name"], form["file"]
+        meta = {"owner": form["user_id"], "description": form["description"],
+                "tts_model": form["tts_model"] or None, "timbre": form["timbre"] or None,
+                "engine": form["engine"] or None}
         registration.check_request(settings, store, name, meta["tts_model"], meta["engine"])
         if not pool.supervised():
             raise Unavailable("no supervisor is running to prepare the avatar")
@@ -309,6 +482,24 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/avatar/jobs/<job_id>")
     def job_status(job_id: str):
+        """A registration's outcome, as /avatar/register would have answered it.
+        ---
+        get:
+          summary: "A registration job"
+          parameters:
+            - {in: path, name: job_id, required: true, schema: {type: string}}
+          responses:
+            200: {description: "registered", content: {application/json: {schema: AvatarReply}}}
+            202: {description: "still preparing after REGISTER_WAIT: poll status_url", content: {application/json: {schema: JobReply}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            409: {$ref: '#/components/responses/Conflict'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            415: {description: "not a photo or a video", content: {application/json: {schema: Error}}}
+            422: {description: "no usable face; `reasons` and `metrics` say why", content: {application/json: {schema: Error}}}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         job = store.get_doc("job", job_id) if job_id.isalnum() else None
         if job is None:
             raise NotFound(f"no registration job {job_id!r}")
@@ -316,19 +507,51 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/avatar/avatars")
     def avatars():
+        """---
+        get:
+          summary: "The registered avatars, and folders put in place by hand"
+          responses:
+            200: {description: "the avatars; count beside data", content: {application/json: {schema: AvatarList}}}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         records = [_with_preview(r) for r in registration.listing(settings, store)]
         return _reply("ok", records, count=len(records))
 
     @app.get("/avatar/<name>/preview")
     def preview(name: str):
+        """---
+        get:
+          summary: "The avatar's first frame"
+          parameters:
+            - {in: path, name: name, required: true, schema: {type: string, pattern: '^[A-Za-z0-9_-]{1,64}$'}}
+          responses:
+            200: {description: "an image", content: {image/png: {schema: {type: string, format: binary}}, image/jpeg: {schema: {type: string, format: binary}}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+        """
         pool.find_name(name)
         path = registration.preview(settings, name)
         if path is None:
             raise NotFound(f"no avatar {name!r}")
         return send_file(path, max_age=60)
 
-    @app.delete("/avatar/<name>")
+    @app.delete("/avatar/<avatar:name>")
     def delete(name: str):
+        """---
+        delete:
+          summary: "Delete an avatar (its instance must be stopped, or FAILED)"
+          parameters:
+            - {in: path, name: name, required: true, schema: {type: string, pattern: '^[A-Za-z0-9_-]{1,64}$'}}
+          responses:
+            200: {description: "deleted", content: {application/json: {schema: Message}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            409: {$ref: '#/components/responses/Conflict'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         pool.find_name(name)
         if not registration.exists(settings, store, name):
             raise NotFound(f"no avatar {name!r}")
@@ -340,4 +563,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         registration.delete(settings, store, name)
         return _reply(f"avatar {name} deleted")
 
+    # --- the document of all the above ------------------------------------------------------------
+
+    @app.get("/openapi.json")
+    def openapi():
+        """---
+        get:
+          summary: "This OpenAPI document"
+          security: []
+          responses:
+            200: {description: "OpenAPI 3", content: {application/json: {schema: {type: object}}}}
+        """
+        return jsonify(document)
+
+    document = _document(app, settings)  # every route is in place by now
     return app

@@ -2,8 +2,10 @@
 where the caller needs the outcome, waits (bounded) for the supervisor to carry it out."""
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+from dataclasses import replace
 
 from lipsync_worker.avatar_config import AvatarError, NoSuchAvatar, check_name
 
@@ -11,9 +13,10 @@ from . import ports
 from .gpus import read_gpus
 from .instances import Instance, State
 from .settings import Settings
-from .store.base import Busy, Claim, NotFound, Store
+from .store.base import Busy, Claim, Full, NotFound, Store
 from .workers import avatar_spec
 
+log = logging.getLogger("avatar_manager.pool")
 POLL = 0.05
 
 
@@ -23,6 +26,10 @@ class BadRequest(ValueError):
 
 class Unavailable(Exception):
     """Capacity, the supervisor or a worker cannot serve this now (503)."""
+
+
+class Conflict(Exception):
+    """The request contradicts what is running (409); nothing was changed."""
 
 
 class StartFailed(Unavailable):
@@ -49,13 +56,24 @@ class Pool:
 
     # --- start ---------------------------------------------------------------------------------
 
+    @property
+    def start_wait(self) -> float:
+        """The longest a start may take: STARTUP_TIMEOUT for the worker, then, when it fails, its
+        kill (STOP_TIMEOUT to exit, STOP_TIMEOUT for its port) before the supervisor says why.
+        With the defaults (30 + 2 x 10 + 5 s) that is below the 60 s the existing backend waits,
+        so a slow start fails here with its reason, not as a timeout in the client."""
+        return self.settings.startup_timeout + 2 * self.settings.stop_timeout + 5
+
     def start(self, instance_id: str, avatar_name: str | None) -> tuple[Instance, bool]:
-        """Join the avatar's instance or start one; returns once it is RUNNING."""
+        """Join the avatar's instance or start one; returns once it is RUNNING, with this caller's
+        own connection count (the n-th of several concurrent starts gets n), and whether this
+        call created the instance."""
         try:
             check_name(instance_id)
             avatar = check_name(avatar_name or instance_name(instance_id))
         except AvatarError as exc:
             raise BadRequest(str(exc)) from None
+        deadline = time.monotonic() + self.start_wait
         joined = self.store.join(avatar, time.time())
         if joined is not None and joined.state == State.RUNNING:
             return joined, False  # warm: one store write and one read, nothing else
@@ -67,20 +85,20 @@ class Pool:
             except (AvatarError, ValueError) as exc:
                 raise BadRequest(str(exc)) from None
             self._require_supervisor()
-            joined, created = self._claim(instance_id, avatar, spec.needs_gpu)
+            joined, created = self._claim(instance_id, avatar, spec.needs_gpu, deadline)
         else:
             created = False
         try:
-            return self._wait_running(joined), created
+            running = self._wait_running(joined, deadline)
         except Unavailable:
             try:  # this caller is not connected after all (to this instance, not a later one)
                 self.store.disconnect(avatar, time.time(), token=joined.token)
             except NotFound:
                 pass
             raise
+        return replace(running, connections=joined.connections), created
 
-    def _claim(self, instance_id: str, avatar: str, needs_gpu: bool) -> tuple[Instance, bool]:
-        deadline = time.monotonic() + self.settings.stop_timeout + 10
+    def _claim(self, instance_id: str, avatar: str, needs_gpu: bool, deadline: float) -> tuple[Instance, bool]:
         while True:
             claim = Claim(avatar=avatar, instance_id=instance_id, token=secrets.token_hex(16), now=time.time(),
                           max_instances=self.settings.max_avatars,
@@ -93,10 +111,32 @@ class Pool:
                 # Its previous instance is stopping; start afresh once that is done.
                 if time.monotonic() >= deadline:
                     raise Unavailable(f"avatar {avatar!r} is still stopping; try again shortly") from None
-                time.sleep(POLL)
+            except Full:
+                if not self._make_room() or time.monotonic() >= deadline:
+                    raise
+            time.sleep(POLL)
 
-    def _wait_running(self, instance: Instance) -> Instance:
-        deadline = time.monotonic() + self.settings.startup_timeout + 15
+    def _make_room(self) -> bool:
+        """At MAX_AVATARS: stop the instance idle the longest, as idle instances are a cache, not
+        a reason to refuse. True while a slot may be on its way (look again); False when nothing
+        can be evicted. While any instance is stopping, its slot is awaited rather than another
+        evicted, so concurrent starts (two users of one new avatar) do not evict two for one slot."""
+        instances = self.store.list()
+        if any(i.state == State.STOPPING and not i.restart for i in instances):
+            return True
+        idle = [i for i in instances if i.state == State.RUNNING and i.connections == 0 and i.sessions == 0
+                and i.idle_since > 0]
+        if not idle:
+            return False
+        longest = min(idle, key=lambda i: i.idle_since)
+        # Compare-and-set: a user who joined (or a session that opened) since keeps it running. When
+        # it fails, the caller looks again: another start may have evicted it, or it is busy now.
+        if self.store.stop_if_idle(longest.avatar, longest.idle_since):
+            log.info("%s: evicted (idle since %s) to make room at MAX_AVATARS=%d", longest.avatar,
+                     time.strftime("%H:%M:%S", time.localtime(longest.idle_since)), self.settings.max_avatars)
+        return True
+
+    def _wait_running(self, instance: Instance, deadline: float) -> Instance:
         while True:
             current = self.store.get(instance.avatar)
             if current is None or current.token != instance.token or current.state in (State.FAILED,
@@ -108,8 +148,9 @@ class Pool:
             if current.state == State.STOPPING and not current.restart:
                 raise StartFailed(f"avatar {instance.avatar!r} was stopped while starting")
             if time.monotonic() >= deadline:
-                raise Unavailable(f"avatar {instance.avatar!r} is not ready after "
-                                  f"{self.settings.startup_timeout:g} s (state {current.state.value})")
+                raise Unavailable(f"avatar {instance.avatar!r} is not ready after {self.start_wait:g} s "
+                                  f"(STARTUP_TIMEOUT={self.settings.startup_timeout:g}; state "
+                                  f"{current.state.value})")
             time.sleep(POLL)
 
     # --- the rest ------------------------------------------------------------------------------
@@ -139,8 +180,13 @@ class Pool:
 
     def stop(self, key: str, force: bool = True) -> Instance | None:
         """force: stop now whatever the connections; else as a disconnect (the seed's semantics).
-        Returns None once stopped, or the instance that stays up."""
+        Returns None once stopped, or the instance that stays up. A joiner's id (demo_user_2 on
+        demo_user_1's instance) may leave (force false) but not stop everyone's instance."""
         instance = self.find(key)
+        if force and key not in (instance.avatar, instance.instance_id):
+            raise Conflict(f"{key!r} is a user of instance {instance.instance_id!r} (avatar {instance.avatar!r}), "
+                           f"which others may share: stop it as {instance.instance_id!r} or {instance.avatar!r}, "
+                           f"or leave it with /avatar/disconnect")
         if not force:
             instance = self.store.disconnect(instance.avatar, time.time())
             if instance.connections > 0 or self.settings.idle_timeout > 0:
@@ -185,9 +231,12 @@ class Pool:
                 restarted, _ = self.start(instance.instance_id, instance.avatar)
                 return restarted
         restarting = set(State) - {State.STOPPED, State.FAILED}
+        deadline = time.monotonic() + self.start_wait
         if not self.store.transition(instance.avatar, restarting, State.STOPPING, restart=True):
             raise NotFound(f"no instance named {key!r}")
-        return self._wait_running(instance)
+        return self._wait_running(instance, deadline)
 
-    def list(self) -> list[Instance]:
-        return self.store.list()
+    def list(self, everything: bool = False) -> list[Instance]:
+        """The instances that serve (a port and a process), or every record (FAILED ones too)."""
+        instances = self.store.list()
+        return instances if everything else [i for i in instances if i.port and i.pid]

@@ -203,14 +203,14 @@ def finish_job(store: Store, job: dict, record: dict | None = None, error: dict 
 
 
 def job_argv(job: dict) -> list[str]:
-    """The command that carries the job out (the same an operator runs by hand)."""
+    """The command that carries the job out (the same an operator runs by hand). Every value is
+    glued to its flag and the path comes after `--`, so none can be read as an option."""
     import sys
-    argv = [sys.executable, "-m", "avatar_manager", "register", job["upload"], "--name", job["avatar"],
-            "--job", job["id"]]
+    argv = [sys.executable, "-m", "avatar_manager", "register", f"--name={job['avatar']}", f"--job={job['id']}"]
     for flag in ("owner", "description", "tts_model", "timbre", "engine"):
         if job["meta"].get(flag):
-            argv += [f"--{flag.replace('_', '-')}", job["meta"][flag]]
-    return argv
+            argv.append(f"--{flag.replace('_', '-')}={job['meta'][flag]}")
+    return [*argv, "--", job["upload"]]
 
 
 def prune_jobs(store: Store, now: float, jobs: list[dict]) -> None:

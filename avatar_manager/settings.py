@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from contracts.cors import allowed_origins
 from lipsync_worker.ice import parse_ice_servers
 from lipsync_worker.limits import MAX_JSON_BYTES
 from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
@@ -51,6 +52,13 @@ def _ice_servers(raw: str) -> list[dict]:
         raise ConfigError(str(exc)) from None
 
 
+def _cors_origins(env: dict) -> list[str]:
+    try:
+        return allowed_origins(env.get("CORS_ORIGINS"), token_set=bool(env.get("API_TOKEN")))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -69,7 +77,7 @@ class Settings:
     stop_timeout: float          # grace between SIGTERM and SIGKILL
     stale_timeout: float         # connections with no live session this long were forgotten
     api_token: str | None
-    cors_origins: list[str]
+    cors_origins: list[str]      # the browser origins allowed to call us and our workers; ["*"]: any
     max_body_bytes: int
     worker_module: str           # the lip-sync worker program, run as `python -m MODULE`
     tts_ports: dict[str, int]    # TTS model -> its server's port (TTS_PORT_<MODEL> overrides)
@@ -110,11 +118,13 @@ class Settings:
             idle_timeout=number(env, "IDLE_TIMEOUT", 300.0, 0.0),
             health_check_interval=number(env, "HEALTH_CHECK_INTERVAL", 5.0, 0.1),
             health_check_misses=number(env, "HEALTH_CHECK_MISSES", 3, 1, int),
-            startup_timeout=number(env, "STARTUP_TIMEOUT", 60.0, 1.0),
+            # 30: a whole start (pool.Pool.start_wait: 30 + 2 x STOP_TIMEOUT + 5) ends before the
+            # 60 s the existing backend waits, so a slow one fails here, with its reason.
+            startup_timeout=number(env, "STARTUP_TIMEOUT", 30.0, 1.0),
             stop_timeout=number(env, "STOP_TIMEOUT", 10.0, 0.1),
             stale_timeout=number(env, "STALE_CONNECTION_TIMEOUT", 900.0, 1.0),
             api_token=env.get("API_TOKEN") or None,
-            cors_origins=[o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()],
+            cors_origins=_cors_origins(env),
             max_body_bytes=number(env, "MAX_JSON_BYTES", MAX_JSON_BYTES, 256, int),
             worker_module=env.get("WORKER_MODULE") or "lipsync_worker",
             tts_ports={name: _port(env, f"TTS_PORT_{name.upper()}", port) for name, port in TTS_PORTS.items()},

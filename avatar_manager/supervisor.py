@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from . import ports, procs, registration, systemd
+from . import ports, procs, registration, relayed_sessions, systemd
 from .instances import Instance, State
 from .logs import pump
 from .metrics import start_observation
@@ -339,6 +339,8 @@ class Supervisor:
         health = procs.worker_health(instance.port, instance.token, timeout=timeout)
         if health is not None:
             self.misses.pop(instance.avatar, None)
+            relayed_sessions.release_gone(self.store, instance,
+                                          lambda sid: relayed_sessions.worker_has_session(instance.port, sid))
             self._reconcile(instance, int(health.get("sessions", 0)))
             return
         misses = self.misses[instance.avatar] = self.misses.get(instance.avatar, 0) + 1

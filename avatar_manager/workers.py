@@ -5,6 +5,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.cors import as_setting
 from lipsync_worker.avatar_config import read_config
 
 from .instances import Instance
@@ -51,10 +52,14 @@ def log_path(settings: Settings, instance: Instance) -> Path:
 
 def command(settings: Settings, spec: AvatarSpec, instance: Instance) -> tuple[list[str], dict[str, str]]:
     """The argument list (never a shell string) and environment of the avatar's worker."""
+    # Each value glued to its flag: a config.json value (a timbre "-x") is never read as an option.
     argv = [sys.executable, "-m", settings.worker_module,
-            "--transport", spec.transport, "--model", spec.engine, "--avatar_id", spec.name,
-            "--max_session", str(spec.max_session), "--listenport", str(instance.port),
-            "--tts", spec.tts.name, "--TTS_SERVER", spec.tts.url, "--REF_FILE", spec.timbre]
+            f"--transport={spec.transport}", f"--model={spec.engine}", f"--avatar_id={spec.name}",
+            f"--max_session={spec.max_session}", f"--listenport={instance.port}",
+            f"--tts={spec.tts.name}", f"--TTS_SERVER={spec.tts.url}", f"--REF_FILE={spec.timbre}"]
+    # The worker decides its CORS origins from CORS_ORIGINS and API_TOKEN; it never gets our token,
+    # so it gets the origins we decided, which then hold for the whole fleet.
     env = child_env(INSTANCE_TOKEN=instance.token, AVATAR_DATA_DIR=str(settings.data_dir),
-                    CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "", PYTHONUNBUFFERED="1")
+                    CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "", PYTHONUNBUFFERED="1",
+                    CORS_ORIGINS=as_setting(settings.cors_origins))
     return argv, env

@@ -1,5 +1,6 @@
 """python -m lipsync_worker --avatar_id NAME [LiveTalking flags]   serve one avatar over WebRTC
 python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id NAME   make an avatar folder
+python -m lipsync_worker prepare-clip VIDEO --avatar_id NAME --audiotype TYPE   add a clip (/set_audiotype)
 python -m lipsync_worker download-models                          fetch MuseTalk's weights"""
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ports_config import TTS_PORTS
 from tts_services.client import FallbackTTS, LocalTTS, TTSClient
 from tts_services.models import canonical_model
 
-from . import avatars
+from . import avatars, clips
 from .animation import IdleAnimation
 from .engines import create_engine
 from .llm import ChatLLM
@@ -58,6 +59,28 @@ def prepare(argv: list[str]) -> int:
     if prepared.quality.verdict != "good":
         print(f"prepare: {prepared.quality.verdict}: {'; '.join(prepared.quality.reasons)}", file=sys.stderr)
     print(prepared.path)
+    return 0
+
+
+def prepare_clip(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lipsync_worker prepare-clip",
+                                     description="Add a clip (a wave, a nod, ...) to an avatar: POST /set_audiotype "
+                                                 "with its audiotype plays it while the session is silent.")
+    parser.add_argument("source", type=Path, help="a video (or a photo) with the avatar's framing")
+    parser.add_argument("--avatar_id", required=True)
+    parser.add_argument("--audiotype", required=True, help="the clip's name, e.g. wave, or a number like 2")
+    parser.add_argument("--max_seconds", type=float, default=10.0, help="cut the video to this length")
+    args = parser.parse_args(argv)
+    try:
+        path = clips.prepare_clip(args.source, args.avatar_id, args.audiotype, data_dir(),
+                                  max_seconds=args.max_seconds)
+    except avatars.AvatarError as exc:
+        print(f"prepare-clip: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the avatar folder was removed or replaced while the clip was written
+        print(f"prepare-clip: could not write the clip into avatar {args.avatar_id}: {exc}", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 
@@ -110,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["prepare"]:
         return prepare(argv[1:])
+    if argv[:1] == ["prepare-clip"]:
+        return prepare_clip(argv[1:])
     if argv[:1] == ["download-models"]:
         return download_models(argv[1:])
     return serve(argv)

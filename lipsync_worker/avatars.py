@@ -6,6 +6,8 @@ $AVATAR_DATA_DIR/avatars/NAME/
                  "tts_model", "timbre", "avatar_model", "transport", "max_session", ...}
   frames/       000000.png, 000001.png, ... (25 fps for a video)
   regions.json  per frame: face, mouth, eyes boxes [x1, y1, x2, y2]
+  clips/TYPE/   optional extra clips a session plays at rest (a wave, a nod: see clips.py):
+                clip.json and frames/ at the avatar's frame size
 
 A LiveTalking MuseTalk folder (full_imgs/, coords.pkl, ...) loads too.
 """
@@ -22,18 +24,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
 
 from . import intake
-from .avatar_config import DEFAULT_CONFIG, FORMAT, AvatarError, avatar_dir, is_livetalking, read_config
+from .avatar_config import DEFAULT_CONFIG, FORMAT, NAME, AvatarError, avatar_dir, is_livetalking, read_config
 
 if TYPE_CHECKING:
     from .quality import Quality
 
 FPS = 25
+CLIPS = "clips"
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2
 
 
@@ -58,6 +61,7 @@ class Avatar:
     frames: list[np.ndarray]          # BGR uint8, all the same size
     regions: list[Regions]            # one per frame
     config: dict
+    clips: dict[str, list[np.ndarray]] = field(default_factory=dict)   # by audiotype, at frames' size
 
     @property
     def is_video(self) -> bool:
@@ -98,6 +102,9 @@ def detect_eyes(frame: np.ndarray, face: Box) -> list[Box]:
     return sorted(eyes)
 
 
+MIN_SIDE = 64  # px: the smallest face the quality checks accept (quality.MIN_FACE_PX)
+
+
 def read_frames(source: Path, max_seconds: float, max_side: int) -> tuple[list[np.ndarray], str]:
     """Frames of an image (one) or a video (sampled at 25 fps, cut to max_seconds), scaled down
     as they are read (ten seconds of 4K held at full size would take gigabytes)."""
@@ -130,8 +137,11 @@ def read_frames(source: Path, max_seconds: float, max_side: int) -> tuple[list[n
         if not frames:
             raise AvatarError(f"{source} is neither an image nor a video OpenCV can read (no frames)")
         kind = "video"
+    h, w = frames[0].shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise AvatarError(f"the picture is {w}x{h} px: too small to hold a face (at least {MIN_SIDE} px a side)")
     # Even sizes: video encoders want them.
-    h, w = (d - d % 2 for d in frames[0].shape[:2])
+    h, w = h - h % 2, w - w % 2
     return [np.ascontiguousarray(f[:h, :w]) for f in frames], kind
 
 
@@ -207,29 +217,40 @@ def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.
 
 
 def _install(data_dir: Path, name: str, frames: list[np.ndarray], regions: list[Regions], config: dict) -> None:
-    """Write into a hidden folder beside the target, then swap it in under the lock: two
-    preparations of one name never mix, and the last to finish wins."""
-    target = avatar_dir(data_dir, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    old: Path | None = None
-    try:
-        (staging / "frames").mkdir()
-        for i, frame in enumerate(frames):
-            # Light compression: several times faster to write, a little larger on disk.
-            cv2.imwrite(str(staging / "frames" / f"{i:06d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    def write(staging: Path) -> None:
+        write_frames(staging / "frames", frames)
         (staging / "regions.json").write_text(json.dumps([r.to_json() for r in regions]))
         (staging / "config.json").write_text(json.dumps(config, indent=2))
+
+    install_folder(data_dir, name, avatar_dir(data_dir, name), write)
+
+
+def write_frames(folder: Path, frames: list[np.ndarray]) -> None:
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        # Light compression: several times faster to write, a little larger on disk.
+        cv2.imwrite(str(folder / f"{i:06d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+
+
+def install_folder(data_dir: Path, name: str, target: Path, write: Callable[[Path], None]) -> None:
+    """Have write() fill a hidden folder beside `target` (avatars/NAME or a folder inside it),
+    then swap it in under avatar NAME's lock: two writers of one folder never mix, the last to
+    finish wins, and the folder is complete or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    old: Path | None = None
+    try:
+        write(staging)
         with avatar_lock(data_dir, name):
             if target.exists():
                 # Move the old one aside, then the new one in: the name is never missing for long.
-                old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=target.parent))
-                os.rename(target, old / name)
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+                os.rename(target, old / target.name)
             try:
                 os.rename(staging, target)
             except BaseException:
                 if old is not None:
-                    os.rename(old / name, target)
+                    os.rename(old / target.name, target)
                 raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -260,11 +281,15 @@ def read_pickle(path: Path) -> list:
         return _BoxesUnpickler(f).load()
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The frame images of a folder, in order (000000.png or LiveTalking's 0.jpg, 1.jpg, ...)."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")),
+                  key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+
+
 def _read_frames(folder: Path) -> list[np.ndarray]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")),
-                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
     frames = []
-    for path in files:
+    for path in frame_files(folder):
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if frame is None:
             raise AvatarError(f"{path} is not a readable image")
@@ -291,8 +316,31 @@ def _load_livetalking(path: Path, name: str, config: dict) -> Avatar:
     return Avatar(name, path, frames, regions, config)
 
 
+def load_clips(path: Path, size: tuple[int, int]) -> dict[str, list[np.ndarray]]:
+    """The avatar folder's clips by audiotype; AvatarError for one that does not fit the avatar.
+    Hidden folders are clips being written (avatars.install_folder)."""
+    clips = {}
+    folder = path / CLIPS
+    for clip in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not (clip.is_dir() and NAME.fullmatch(clip.name)):
+            continue
+        frames = _read_frames(clip / "frames")
+        height, width = frames[0].shape[:2]
+        if (width, height) != size:
+            raise AvatarError(f"{clip}: frames are {width}x{height}, the avatar's are {size[0]}x{size[1]}; "
+                              f"prepare the clip again")
+        clips[clip.name] = frames
+    return clips
+
+
 def load(data_dir: Path, name: str) -> Avatar:
     """Load and validate avatars/NAME; AvatarError says what is wrong with a broken folder."""
+    avatar = _load(data_dir, name)
+    avatar.clips = load_clips(avatar.path, avatar.size)
+    return avatar
+
+
+def _load(data_dir: Path, name: str) -> Avatar:
     config = read_config(data_dir, name)
     path = avatar_dir(data_dir, name)
     if is_livetalking(path):

@@ -1,4 +1,4 @@
-"""Chat replies from an OpenAI-compatible endpoint, streamed and cut into sentences."""
+"""Chat replies from an OpenAI-compatible endpoint, streamed as they are written."""
 from __future__ import annotations
 
 import asyncio
@@ -6,8 +6,6 @@ import json
 from typing import AsyncIterator
 
 import aiohttp
-
-from tts_services.text import pop_sentences
 
 
 class LLMError(RuntimeError):
@@ -25,12 +23,11 @@ class ChatLLM:
         self.system_prompt = system_prompt
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout)
 
-    async def sentences(self, history: list[dict]) -> AsyncIterator[str]:
-        """The reply to the conversation so far, a sentence at a time as it streams in."""
+    async def deltas(self, history: list[dict]) -> AsyncIterator[str]:
+        """The reply to the conversation so far, piece by piece as it streams in."""
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + history
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {"model": self.model, "messages": messages, "stream": True}
-        buffer = ""
         try:
             async with aiohttp.ClientSession(timeout=self._timeout) as http:
                 async with http.post(f"{self.url}/chat/completions", json=body, headers=headers) as response:
@@ -45,11 +42,8 @@ class ChatLLM:
                         if data == b"[DONE]":
                             break
                         choices = json.loads(data).get("choices") or [{}]
-                        buffer += choices[0].get("delta", {}).get("content") or ""
-                        done, buffer = pop_sentences(buffer)
-                        for sentence in done:
-                            yield sentence
+                        delta = choices[0].get("delta", {}).get("content")
+                        if delta:
+                            yield delta
         except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
             raise LLMError(f"LLM at {self.url} failed: {exc or type(exc).__name__}") from exc
-        if buffer.strip():
-            yield buffer.strip()

@@ -7,7 +7,8 @@ from one clock and one window of samples, so they cannot drift apart.
 
 Viewers at rest all see the same picture, so it is encoded once (SharedEncoder) and every idle
 viewer's sender gets the same VP8 packets: an idle viewer costs packetisation, not encoding.
-A speaking viewer's frames go to its own sender's encoder. A viewer switching between the two
+A speaking viewer's frames go to its own sender's encoder, and so do the frames of a viewer at
+rest playing a clip of its own (/set_audiotype). A viewer switching between the two
 streams gets a keyframe first, and the shared stream repeats one every KEYFRAME_SECONDS for
 viewers that lost packets (its senders cannot answer their keyframe requests).
 """
@@ -28,8 +29,10 @@ from aiortc.mediastreams import MediaStreamError
 
 from .animation import IdleAnimation
 from .avatars import Avatar
+from .clips import ClipPlayer
 from .engines import FrameJob, LipSyncEngine
 from .metrics import METRICS
+from .recording import Recording
 from .speech import SAMPLE_RATE, SpeechBuffer
 
 log = logging.getLogger("lipsync_worker.media")
@@ -121,6 +124,8 @@ class Viewer(Protocol):
     video_pts: int
     audio_pts: int
     on_shared_stream: bool
+    clip: ClipPlayer
+    recording: Recording | None
 
 
 class Stage:
@@ -187,23 +192,38 @@ class Stage:
             # The voice goes on with a still mouth rather than the picture stopping.
             log.exception("engine %s failed on %d frames", self.engine.name, len(jobs))
             rendered = [job.base for job in jobs]
-        for viewer, frame in zip(talking, rendered):
-            video = av.VideoFrame.from_ndarray(to_i420(frame), format="yuv420p")
+        # Each viewer's picture of this tick as I420, also what a recording of it keeps.
+        pictures: dict[int, np.ndarray] = {}
+        own = list(zip(talking, rendered))
+        idle = []
+        for viewer in viewers:
+            if not viewer.tail:
+                clip_frame = viewer.clip.next_frame()
+                if clip_frame is None:
+                    idle.append(viewer)
+                else:
+                    own.append((viewer, clip_frame))
+        for viewer, frame in own:
+            pictures[id(viewer)] = to_i420(frame)
+            video = av.VideoFrame.from_ndarray(pictures[id(viewer)], format="yuv420p")
             if viewer.on_shared_stream:
                 # Its decoder holds the shared stream's pictures: start its own with a keyframe.
                 video.pict_type = av.video.frame.PictureType.I
                 viewer.on_shared_stream = False
             self._push_video(viewer, video)
-        idle = [viewer for viewer in viewers if not viewer.tail]
         if idle:
             if not all(viewer.on_shared_stream for viewer in idle):
                 self.shared.request_keyframe()
-            data = self.shared.encode(to_i420(base))  # ~1 ms: inline (see _engine_call)
+            picture = to_i420(base)
+            data = self.shared.encode(picture)  # ~1 ms: inline (see _engine_call)
             for viewer in idle:
+                pictures[id(viewer)] = picture
                 viewer.on_shared_stream = True
                 self._push_video(viewer, av.Packet(data))
         for viewer, samples in zip(viewers, audio):
             self._push_audio(viewer, samples[:SAMPLES_PER_PACKET])
+            if viewer.recording is not None:
+                viewer.recording.add(pictures[id(viewer)], samples)
         asyncio.get_running_loop().call_at(half_time, self._push_second_half, viewers, audio)
 
     async def _render(self, jobs: list[FrameJob]) -> list[np.ndarray]:

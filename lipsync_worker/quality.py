@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 
 from .avatar_config import AvatarError
-from .avatars import Box, detect_eyes, detect_faces
+from .avatars import MIN_SIDE, Box, detect_eyes, detect_faces
 
 # Size, in stored frames (max_side 720 by default). Lipsync models redraw a 96-256 px face crop;
 # under 64 px the mouth is under 30 px wide and every generated frame is a blurry upscale. A person
 # at a normal distance in a landscape 720p video is ~70 px here, so the bar cannot be much higher.
-MIN_FACE_PX = 64
+MIN_FACE_PX = MIN_SIDE
 # Under 8% of the frame width the face is a speck in a scene; under 15% it works but looks
 # distant. The bundled portrait's face is 18% of its width.
 MIN_FACE_FRACTION = 0.08

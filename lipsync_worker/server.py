@@ -1,72 +1,66 @@
 """HTTP routes of a worker, LiveTalking-compatible: /offer /human /humanaudio /interrupt_talk
-/is_speaking, plus /health, /metrics and a test page at /.
+/is_speaking, plus /health, /metrics, /sse (events), /openapi.json and a test page at /.
 
 Answers are {"code": 0, ...}; errors {"code": -1, "msg": "..."} with a 4xx status.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import time
 from pathlib import Path
 
+import aiohttp_cors
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contracts.openapi import aiohttp_document, load
 from tts_services.audio import decode_file
 from tts_services.engines.base import AudioChunk
 
 from .avatars import Avatar
-from .limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES, MAX_JSON_BYTES
+from .limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES
 from .llm import ChatLLM
 from .media import Stage
 from .metrics import METRICS
-from .session import CapacityError, Session, Sessions, chat_reply
+from .middleware import ClientError, access_log, checked, errors, read_form, read_json
+from .playback_routes import add_playback_routes
+from .recording import Recorder
+from .schemas import SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema, SessionRequestSchema
+from .session import CapacityError, Session, Sessions, chat_reply, sentence
 from .settings import WorkerSettings
 
 log = logging.getLogger("lipsync_worker")
 
 PAGE = Path(__file__).parent / "web" / "index.html"
-
-
-class ClientError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+KEEPALIVE = b": keep-alive\n\n"
+CORS_HEADERS = ("Content-Type", "Authorization")
 
 
 def _ok(**data) -> web.Response:
     return web.json_response({"code": 0, **data})
 
 
-async def _json(request: web.Request) -> dict:
-    if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise ClientError(413, f"body larger than {MAX_JSON_BYTES} bytes")
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        raise ClientError(400, "body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ClientError(400, "body must be a JSON object")
-    return body
+def enable_cors(app: web.Application, origins: list[str]) -> None:
+    """Preflights answered on every route, and Access-Control-Allow-Origin on answers to the
+    allowed origins only (none when the list is empty). Call it once every route is added."""
+    options = aiohttp_cors.ResourceOptions(allow_headers=CORS_HEADERS)
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        cors.add(route)
 
 
 def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions: Sessions, tts,
                voice: str | None, llm: ChatLLM | None) -> web.Application:
-    app = web.Application(client_max_size=MAX_FORM_BYTES)
+    app = web.Application(client_max_size=MAX_FORM_BYTES, middlewares=[access_log, errors])
     app["failed"] = False
     started = time.monotonic()
     engine = stage.engine
+    document: dict = {}
 
-    def session_of(body_or_form) -> Session:
-        raw = body_or_form.get("sessionid")
-        try:
-            session_id = int(raw)
-        except (TypeError, ValueError):
-            raise ClientError(400, "sessionid must be the number /offer returned") from None
+    def find(session_id: int) -> Session:
         session = sessions.get(session_id)
         if session is None:
             raise ClientError(404, f"no session {session_id}: it closed, expired, or never existed")
@@ -76,14 +70,35 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         return tts.stream(text, voice=voice)
 
     async def offer(request: web.Request) -> web.Response:
-        body = await _json(request)
-        sdp, kind = body.get("sdp"), body.get("type")
-        if not isinstance(sdp, str) or not sdp or kind != "offer":
-            raise ClientError(400, 'expected {"sdp": "<SDP offer>", "type": "offer"}')
+        """Start a WebRTC session: the browser's SDP offer in, the worker's answer out.
+        ---
+        post:
+          summary: Open a session (a WebRTC peer connection)
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: Offer
+          responses:
+            200:
+              description: the SDP answer and the new session's number
+              content:
+                application/json:
+                  schema: Answer
+            400: {description: not an SDP offer, content: {application/json: {schema: Error}}}
+            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
+            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+            429: {description: max_session sessions already open, content: {application/json: {schema: Error}}}
+            503: {description: the engine is still loading, content: {application/json: {schema: Error}}}
+        """
+        try:
+            body = load(OfferSchema(), await read_json(request))
+        except ValueError as exc:
+            raise ClientError(400, f'expected {{"sdp": "<SDP offer>", "type": "offer"}}: {exc}') from None
         if not engine.ready:
             raise ClientError(503, f"the {engine.name} engine is still loading; try again when /health says ready")
         try:
-            session = await sessions.offer(sdp, kind)
+            session = await sessions.offer(body["sdp"], body["type"])
         except CapacityError as exc:
             raise ClientError(429, str(exc)) from None
         except ValueError as exc:
@@ -92,35 +107,61 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         return web.json_response({"sdp": description.sdp, "type": description.type, "sessionid": session.id})
 
     async def human(request: web.Request) -> web.Response:
-        body = await _json(request)
-        session = session_of(body)
-        text, kind = body.get("text"), body.get("type", "echo")
-        if kind not in ("echo", "chat"):
-            raise ClientError(400, f"type must be 'echo' or 'chat', not {kind!r}")
-        if not isinstance(text, str) or not text.strip():
-            raise ClientError(400, "text must be a non-empty string")
+        """Say a text, or an LLM's reply to it.
+        ---
+        post:
+          summary: Speak (echo) or answer (chat) a text
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: Human
+          responses:
+            200: {description: queued; speech starts with its first sentence, content: {application/json: {schema: Done}}}
+            400: {description: "a bad body, text too long, or chat without an LLM", content: {application/json: {schema: Error}}}
+            404: {description: no such session, content: {application/json: {schema: Error}}}
+            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
+            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+        """
+        body = checked(HumanSchema, await read_json(request))
+        session = find(body["sessionid"])
+        text, kind = body["text"], body["type"]
         if len(text) > settings.max_text_chars:
             raise ClientError(400, f"text is {len(text)} characters; the limit is {settings.max_text_chars}")
         if kind == "chat" and llm is None:
             raise ClientError(400, "chat needs an LLM: set LLM_URL (an OpenAI-compatible API base), "
                                    "LLM_MODEL and LLM_API_KEY for this worker")
-        if body.get("interrupt"):
+        if body["interrupt"]:
             session.interrupt()
         if kind == "echo":
-            session.talk(lambda: speak(text), "echo")
+            session.talk(sentence(text, speak(text)), "echo")
         else:
             session.talk(chat_reply(llm, session, text, speak), "chat")
         return _ok(msg="ok")
 
     async def human_audio(request: web.Request) -> web.Response:
-        try:
-            form = await request.post()
-        except ValueError as exc:
-            raise ClientError(400, f"expected multipart form data with sessionid and file: {exc}") from None
-        session = session_of(form)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise ClientError(400, "the form needs a 'file' field holding a wav, mp3 or ogg file")
+        """Say what an audio file says, lips and all.
+        ---
+        post:
+          summary: Speak an uploaded audio file
+          requestBody:
+            required: true
+            content:
+              multipart/form-data:
+                schema: HumanAudio
+          responses:
+            200: {description: queued, content: {application/json: {schema: Done}}}
+            400: {description: not a form with sessionid and a readable audio file, content: {application/json: {schema: Error}}}
+            404: {description: no such session, content: {application/json: {schema: Error}}}
+            408: {description: the form did not arrive in time, content: {application/json: {schema: Error}}}
+            413: {description: file larger than 20 MB, content: {application/json: {schema: Error}}}
+        """
+        form = await read_form(request)
+        fields = checked(HumanAudioSchema, {k: form[k] for k in ("sessionid", "file") if k in form})
+        session = find(fields["sessionid"])
+        upload = fields["file"]
+        if isinstance(upload, str):
+            raise ClientError(400, "file: must be an uploaded wav, mp3 or ogg file, not a text field")
         data = upload.file.read(MAX_AUDIO_BYTES + 1)
         if len(data) > MAX_AUDIO_BYTES:
             raise ClientError(413, f"audio file larger than {MAX_AUDIO_BYTES // (1024 * 1024)} MB")
@@ -132,17 +173,110 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         async def chunks():
             yield AudioChunk(pcm)
 
-        session.talk(chunks, "audio")
+        session.talk(sentence("", chunks()), "audio")
         return _ok(msg="ok")
 
     async def interrupt_talk(request: web.Request) -> web.Response:
-        session_of(await _json(request)).interrupt()
+        """Silence a session from the next frame on.
+        ---
+        post:
+          summary: Stop speaking and drop what is queued
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: SessionRequest
+          responses:
+            200: {description: silenced, content: {application/json: {schema: Done}}}
+            400: {description: a bad body, content: {application/json: {schema: Error}}}
+            404: {description: no such session, content: {application/json: {schema: Error}}}
+            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
+            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+        """
+        find(checked(SessionRequestSchema, await read_json(request))["sessionid"]).interrupt()
         return _ok(msg="ok")
 
     async def is_speaking(request: web.Request) -> web.Response:
-        return _ok(data=session_of(await _json(request)).speaking)
+        """Whether a session is speaking or has speech queued.
+        ---
+        post:
+          summary: Is the avatar speaking in this session?
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: SessionRequest
+          responses:
+            200: {description: the answer, content: {application/json: {schema: Speaking}}}
+            400: {description: a bad body, content: {application/json: {schema: Error}}}
+            404: {description: no such session, content: {application/json: {schema: Error}}}
+            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
+            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+        """
+        session = find(checked(SessionRequestSchema, await read_json(request))["sessionid"])
+        return _ok(data=session.speaking)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        """What happens in the sessions, as server-sent events.
+        ---
+        get:
+          summary: Session events (server-sent events)
+          description: >
+            Each event is `event: NAME` and `data: {"sessionid": N, "time": UNIX_SECONDS, ...}`:
+            connected; speaking_started; text {kind: echo|chat|audio, text} as a sentence's speech
+            begins; reply {delta} as an LLM reply streams; reply_end {text}; speaking_ended
+            {interrupted}; closed {reason}. A `: keep-alive` comment comes every 15 s. A reader
+            that falls far behind is disconnected. With sessionid, only that session's events,
+            and the stream ends after its `closed`.
+          parameters:
+            - in: query
+              name: sessionid
+              required: false
+              description: keep only this session's events
+              schema: {type: string, pattern: "^[0-9]{1,18}$"}
+          responses:
+            200:
+              description: the event stream
+              content:
+                text/event-stream:
+                  schema: {type: string}
+            400: {description: sessionid is not a number, content: {application/json: {schema: Error}}}
+            404: {description: no such session, content: {application/json: {schema: Error}}}
+        """
+        sessionid = checked(EventsQuerySchema, dict(request.query))["sessionid"]
+        if sessionid is not None:
+            find(sessionid)
+        subscriber = sessions.events.subscribe(sessionid)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        try:
+            await response.prepare(request)
+            await response.write(KEEPALIVE)  # the headers go out now, not with the first event
+            while True:
+                try:
+                    event = await asyncio.wait_for(subscriber.get(), settings.sse_keepalive)
+                except asyncio.TimeoutError:
+                    await response.write(KEEPALIVE)
+                    continue
+                if event is None:
+                    break
+                await response.write(event.encode())
+                if sessionid is not None and event.name == "closed":
+                    break
+        except ConnectionResetError:
+            pass  # the reader went away
+        finally:
+            sessions.events.unsubscribe(subscriber)
+        return response
 
     async def health(request: web.Request) -> web.Response:
+        """Liveness, readiness and identity of this worker.
+        ---
+        get:
+          summary: Health, instance token and load
+          responses:
+            200: {description: the worker's state, content: {application/json: {schema: Health}}}
+        """
         return web.json_response({
             "status": "ok" if engine.ready else "warming", "ready": engine.ready, "instance_token": settings.instance_token, "pid": os.getpid(),
             "avatar": avatar.name, "engine": settings.model, "sessions": len(sessions),
@@ -152,6 +286,17 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         })
 
     async def metrics(request: web.Request) -> web.Response:
+        """Prometheus metrics.
+        ---
+        get:
+          summary: Prometheus metrics (text exposition format)
+          responses:
+            200:
+              description: the metrics
+              content:
+                text/plain:
+                  schema: {type: string}
+        """
         METRICS.fps.set(stage.fps)
         METRICS.speaking.set(sum(s.speaking for s in sessions))
         for kind in ("video", "audio"):
@@ -159,18 +304,34 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         return web.Response(body=generate_latest(METRICS.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def page(request: web.Request) -> web.FileResponse:
+        """The worker's own test page (also at LiveTalking's /webrtcapi.html and /index.html).
+        ---
+        get:
+          summary: A test page that connects, speaks and interrupts
+          responses:
+            200:
+              description: the page
+              content:
+                text/html:
+                  schema: {type: string}
+        """
         return web.FileResponse(PAGE)
 
-    @web.middleware
-    async def errors(request: web.Request, handler):
-        try:
-            return await handler(request)
-        except ClientError as exc:
-            return web.json_response({"code": -1, "msg": str(exc)}, status=exc.status)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return web.json_response({"code": -1, "msg": exc.reason}, status=exc.status)
+    async def openapi(request: web.Request) -> web.Response:
+        """This document.
+        ---
+        get:
+          summary: The OpenAPI 3 document of this worker
+          responses:
+            200:
+              description: the document
+              content:
+                application/json:
+                  schema: {type: object}
+        """
+        if not document:  # made at first use, when every route (and its CORS preflight) is in
+            document.update(aiohttp_document(app, "lip-sync worker", "1.0", SCHEMAS))
+        return web.json_response(document)
 
     async def warm_up() -> None:
         begun = time.monotonic()
@@ -194,17 +355,23 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
     async def shutdown(app: web.Application) -> None:
         app["clock"].cancel()
         app["warm_up"].cancel()
-        await sessions.close_all()
+        await sessions.close_all()  # also ends every /sse stream, so stopping never waits for readers
 
-    app.middlewares.append(errors)
     app.router.add_post("/offer", offer)
     app.router.add_post("/human", human)
     app.router.add_post("/humanaudio", human_audio)
     app.router.add_post("/interrupt_talk", interrupt_talk)
     app.router.add_post("/is_speaking", is_speaking)
+    app.router.add_get("/sse", events)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", page)
+    for path in ("/", "/index.html", "/webrtcapi.html"):  # LiveTalking's page names: bookmarks keep working
+        app.router.add_get(path, page)
+    app.router.add_get("/openapi.json", openapi)
+    # /set_audiotype and /record (playback_routes.py)
+    add_playback_routes(app, avatar, Recorder(settings.record_max_seconds, settings.record_max_bytes,
+                                              settings.record_retention_seconds), find)
     app.on_startup.append(start_clock)
     app.on_shutdown.append(shutdown)
+    enable_cors(app, settings.cors_origins)  # last: it covers the routes added so far
     return app

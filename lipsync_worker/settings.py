@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiortc import RTCIceServer
 
+from contracts.cors import allowed_origins
 from ports_config import WORKER_PORT
 from tts_services.settings import number
 
@@ -40,6 +41,11 @@ class WorkerSettings:
     llm_model: str
     llm_api_key: str
     llm_system_prompt: str
+    record_max_seconds: float     # /record: a recording ends at this length ...
+    record_max_bytes: int         # ... or this size,
+    record_retention_seconds: float   # and its file is removed this long after it ended
+    cors_origins: list[str]       # ["*"] any, [] none (browsers then may not call this worker)
+    sse_keepalive: float          # seconds between keep-alive comments on an idle /sse stream
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,4 +98,9 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         max_text_chars=number(env, "MAX_TEXT_CHARS", 2000, 1, int),
         llm_url=env.get("LLM_URL") or None, llm_model=env.get("LLM_MODEL", "gpt-4o-mini"),
         llm_api_key=env.get("LLM_API_KEY", ""), llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
+        record_max_seconds=number(env, "RECORD_MAX_SECONDS", 300.0, 0.04),
+        record_max_bytes=number(env, "RECORD_MAX_BYTES", 200_000_000, 10_000, int),
+        record_retention_seconds=number(env, "RECORD_RETENTION_SECONDS", 600.0, 0.0),
+        cors_origins=allowed_origins(env.get("CORS_ORIGINS"), token_set=bool(env.get("API_TOKEN"))),
+        sse_keepalive=number(env, "SSE_KEEPALIVE_SECONDS", 15.0, 1.0),
     )

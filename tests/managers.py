@@ -16,6 +16,7 @@ import requests
 from bench.common import manager_ports
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKER_MODULES = ("tests.fake_worker", "lipsync_worker")
 
 
 def wait_for(check, timeout: float = 20.0, what: str = "a condition"):
@@ -122,6 +123,19 @@ class Manager:
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+
+    def workers(self) -> dict[int, str]:
+        """pid -> avatar of every worker process (real or fake) in the manager's tree."""
+        found = {}
+        for p in self.tree():
+            try:
+                argv = p.cmdline()
+            except psutil.Error:
+                continue
+            names = [a.removeprefix("--avatar_id=") for a in argv if a.startswith("--avatar_id=")]
+            if "-m" in argv and argv[argv.index("-m") + 1] in WORKER_MODULES and names:
+                found[p.pid] = names[0]
+        return found
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, wait for the whole tree to exit; returns the exit code."""

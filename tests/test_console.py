@@ -13,6 +13,7 @@ from selenium.webdriver.common.by import By
 from browser import chromium, screenshot, watch_video
 from conftest import ROOT
 from managers import make_avatar, wait_for
+from upstreams import CHAT_REPLY, CHAT_REPLY_FA
 
 
 def js(browser, script: str):
@@ -125,6 +126,29 @@ def test_chat_mode_speaks_the_llms_answer(fleet, upstream):
         until(browser, "document.getElementById('level').value > 0.1", 10, "the spoken answer")
         asked = requests.get(llm.url + "/last", timeout=5).json()
         assert asked["model"] == "tiny-chat" and asked["messages"][-1] == {"role": "user", "content": "What can you do?"}
+        # The answer is shown too, from the worker's events relayed by the manager.
+        reply = "document.querySelector('#transcript li.reply')"
+        until(browser, f"{reply}?.textContent === {CHAT_REPLY!r}", 10, "the reply as text")
+        assert js(browser, "return document.querySelector('#transcript li:nth-child(2)').textContent") == \
+            "What can you do?"
+        assert js(browser, f"return getComputedStyle({reply}).direction") == "ltr"
+        screenshot(browser, "console_chat_caption")
+
+
+def test_a_persian_chat_reply_is_shown_right_to_left(fleet, upstream):
+    llm = upstream("openai", "--mode", "fa")
+    m = fleet(LLM_URL=llm.url + "/v1")
+    with chromium() as browser:
+        browser.get(m.url + "/?avatar=demo&autostart=1")   # an English page: the direction is the text's own
+        connected(browser)
+        browser.find_element(By.CSS_SELECTOR, "#mode option[value=chat]").click()
+        browser.find_element(By.ID, "text").send_keys("سلام")
+        browser.find_element(By.ID, "speak").click()
+        reply = "document.querySelector('#transcript li.reply')"
+        until(browser, f"{reply}?.textContent === {CHAT_REPLY_FA!r}", 10, "the Persian reply as text")
+        assert js(browser, f"return getComputedStyle({reply}).direction") == "rtl"
+        assert js(browser, "return document.documentElement.dir") == "ltr"
+        screenshot(browser, "console_chat_caption_persian")
 
 
 def test_the_console_in_persian_is_right_to_left_and_speaks_persian(fleet):

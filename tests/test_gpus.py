@@ -174,15 +174,37 @@ def test_no_gpu_runs_the_worker_on_the_cpu(manager):
 
 
 def test_one_gpu(manager):
-    m = manager(**nvml_env({"gpus": [gpu(70000)]}))
+    m = manager(**nvml_env({"gpus": [gpu(70000, temperature_c=61, utilization_percent=37, power_w=212.25,
+                                         power_limit_w=700)]}))
     m.avatar("a")
     instance = start(m, "a")
     assert instance["gpu"] == 0
     assert worker_cuda(instance) == "0"
     listed, note = status_gpus(m)
+    # Ours, then the existing manager's names for the same GPU (its dashboards read those).
     assert listed == [{"index": 0, "name": "H100", "total_mb": 81920, "used_mb": 11920, "free_mb": 70000,
-                       "reserved_mb": 0, "instances": 1}]
+                       "reserved_mb": 0, "instances": 1,
+                       "gpu_id": 0,
+                       "memory": {"total_gb": 80.0, "used_gb": 11.64, "free_gb": 68.36, "usage_percent": 14.6},
+                       "temperature_celsius": 61, "gpu_utilization_percent": 37,
+                       "power_draw_watts": 212.2, "power_limit_watts": 700.0}]
     assert note is None
+
+
+def test_status_says_null_for_what_nvml_cannot_read(manager):
+    m = manager(**nvml_env({"gpus": [gpu(8000, total_mb=16384, name="T4", temperature_c=40), gpu(1000)]}))
+    listed, _ = status_gpus(m)
+    assert [(g["gpu_id"], g["name"], g["memory"]["usage_percent"], g["temperature_celsius"],
+             g["gpu_utilization_percent"], g["power_draw_watts"], g["power_limit_watts"]) for g in listed] == [
+        (0, "T4", 51.2, 40, None, None, None), (1, "H100", 98.8, None, None, None, None)]
+
+
+def test_sensor_readings_in_process(nvml):
+    nvml({"gpus": [gpu(70000, temperature_c=55, utilization_percent=90, power_w=300.04, power_limit_w=350)]})
+    assert gpus.read_gpus(None) == [gpus.Gpu(0, "H100", 81920, 11920, 70000)]  # placement reads no sensor
+    assert gpus.read_gpus(None, sensors=True) == [gpus.Gpu(0, "H100", 81920, 11920, 70000, temperature_c=55,
+                                                           utilization_percent=90, power_draw_w=300.0,
+                                                           power_limit_w=350.0)]
 
 
 def test_two_gpus_the_one_with_most_free_memory(manager):

@@ -130,8 +130,8 @@ def test_1000_concurrent_starts_for_50_avatars_run_exactly_max_avatars(manager, 
         argv = process.cmdline()
         assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE
         assert "tests.fake_worker" in argv, argv
-        assert argv[argv.index("--avatar_id") + 1] == instance["real_avatar_name"]
-        assert argv[argv.index("--listenport") + 1] == str(instance["port"])
+        assert f"--avatar_id={instance['real_avatar_name']}" in argv
+        assert f"--listenport={instance['port']}" in argv
         health = requests.get(f"http://127.0.0.1:{instance['port']}/health", timeout=5).json()
         assert health["pid"] == instance["pid"]
         workers.append(process)
@@ -163,14 +163,14 @@ def test_a_failed_start_leaves_the_next_instances_connections_alone(tmp_path, mo
     first, second = Pool(settings, store), Pool(settings, store)
     wait_running = first._wait_running
 
-    def fail_then_start_afresh(instance):
+    def fail_then_start_afresh(instance, deadline):
         # The supervisor gives up on this cold start; before this caller looks again, another
         # caller starts the avatar afresh and its worker comes up.
         store.transition("x", {State.STARTING}, State.FAILED, port=0, reserved_mb=0, error="crashed")
-        fresh, created = second._claim("x_user_2", "x", needs_gpu=False)
+        fresh, created = second._claim("x_user_2", "x", needs_gpu=False, deadline=deadline)
         assert created and fresh.token != instance.token
         store.transition("x", {State.STARTING}, State.RUNNING, ready_at=time.time())
-        return wait_running(instance)
+        return wait_running(instance, deadline)
 
     monkeypatch.setattr(first, "_wait_running", fail_then_start_afresh)
     try:

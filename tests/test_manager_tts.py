@@ -25,9 +25,7 @@ def test_a_worker_gets_its_tts_server_started_and_stopped_with_the_manager(manag
     assert len(tts_pids) == 1
     worker = requests.get(f"http://127.0.0.1:{answer.json()['data']['port']}/health", timeout=2).json()
     argv = worker["argv"]
-    assert argv[argv.index("--tts") + 1] == "edgetts"
-    assert argv[argv.index("--TTS_SERVER") + 1] == f"http://127.0.0.1:{port}"
-    assert argv[argv.index("--REF_FILE") + 1] == "FemaleA"
+    assert {"--tts=edgetts", f"--TTS_SERVER=http://127.0.0.1:{port}", "--REF_FILE=FemaleA"} <= set(argv)
 
     # A second avatar on the same model uses the same server.
     m.avatar("bert", tts_model="edge-tts")

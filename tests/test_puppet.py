@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT
 from lipsync_worker import avatars
 from lipsync_worker.animation import IdleAnimation, pingpong
+from lipsync_worker.clips import ClipPlayer
 from lipsync_worker.engines import FrameJob, LipSyncEngine, create_engine
 from lipsync_worker.media import QueueTrack, Stage
 from lipsync_worker.engines.puppet import loudness, shape_of
@@ -137,6 +138,7 @@ class FakeViewer:
         self.video, self.audio = QueueTrack("video"), QueueTrack("audio")
         self.tail = self.video_pts = self.audio_pts = 0
         self.on_shared_stream = False
+        self.clip, self.recording = ClipPlayer(), None
 
 
 def test_a_failing_engine_keeps_picture_and_voice_going(avatar, caplog):

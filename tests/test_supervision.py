@@ -242,7 +242,7 @@ def test_gunicorn_recycling_its_workers_orphans_nothing(manager):
 
 def _exec_worker() -> None:
     argv = sys.argv[1:]
-    name = argv[argv.index("--avatar_id") + 1]
+    name = next(a.removeprefix("--avatar_id=") for a in argv if a.startswith("--avatar_id="))
     config = json.loads((Path(os.environ["AVATAR_DATA_DIR"]) / "avatars" / name / "config.json").read_text())
     module = "tests.fake_worker" if config.get("worker") == "fake" else "lipsync_worker"
     os.execv(sys.executable, [sys.executable, "-m", module, *argv])

@@ -140,15 +140,15 @@ def test_bad_requests_get_a_clear_4xx(worker):
             sid = viewer.sessionid
             cases = [
                 ("/human", {"sessionid": 1, "text": "hi"}, 404, "no session 1"),
-                ("/human", {"sessionid": "abc", "text": "hi"}, 400, "sessionid must be the number"),
-                ("/human", {"sessionid": sid, "text": "hi", "type": "sing"}, 400, "type must be 'echo' or 'chat'"),
-                ("/human", {"sessionid": sid, "text": " "}, 400, "text must be a non-empty string"),
+                ("/human", {"sessionid": "abc", "text": "hi"}, 400, "sessionid: must be the number"),
+                ("/human", {"sessionid": sid, "text": "hi", "type": "sing"}, 400, "type: must be 'echo' or 'chat'"),
+                ("/human", {"sessionid": sid, "text": " "}, 400, "text: must be a non-empty string"),
                 ("/human", {"sessionid": sid, "text": "x" * 2001}, 400, "the limit is 2000"),
                 ("/human", {"sessionid": sid, "text": "hi", "type": "chat"}, 400, "chat needs an LLM: set LLM_URL"),
                 ("/human", ["not", "an", "object"], 400, "body must be a JSON object"),
                 ("/offer", {"sdp": "garbage", "type": "offer"}, 400, "invalid SDP offer"),
                 ("/offer", {"sdp": "v=0", "type": "answer"}, 400, '"type": "offer"'),
-                ("/is_speaking", {}, 400, "sessionid must be the number"),
+                ("/is_speaking", {}, 400, "sessionid: Missing data"),
                 ("/interrupt_talk", {"sessionid": 42}, 404, "no session 42"),
             ]
             for path, body, status, message in cases:

@@ -1,13 +1,13 @@
 """Small local servers that speak the wire formats of the servers our code calls.
 
-    python tests/upstreams.py sovits|cosyvoice|coqui|openai --port P [--rate R] [--mode ok|cut|hang|error]
+    python tests/upstreams.py sovits|cosyvoice|coqui|openai --port P [--rate R] [--mode ok|cut|hang|error|fa]
 
 Each answers with a 440 Hz tone lasting TONE_SECONDS_PER_CHAR per character of text, at the
 upstream's own sample rate, so a test can check length and pitch after our resampling.
 GET /last returns what the latest synthesis request carried, for asserting the bridge's request.
 Modes: cut = drop the connection halfway; hang = never answer; error = answer 400 as upstream does.
 openai answers POST /v1/chat/completions (stream=true) with CHAT_REPLY as server-sent events,
-a few characters per event, the way OpenAI-compatible servers stream.
+a few characters per event, the way OpenAI-compatible servers stream (mode fa: CHAT_REPLY_FA).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from aiohttp import web
 TONE_HZ = 440
 TONE_SECONDS_PER_CHAR = 0.05
 CHAT_REPLY = "Hello from the model. This is my second sentence!"
+CHAT_REPLY_FA = "سلام از مدل. این جمله دوم من است!"   # --mode fa
 
 
 def tone(text: str, rate: int) -> bytes:
@@ -102,8 +103,9 @@ def create_app(kind: str, rate: int, mode: str) -> web.Application:
             return web.json_response({"error": {"message": "model not found"}}, status=404)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for i in range(0, len(CHAT_REPLY), 7):
-            delta = {"choices": [{"index": 0, "delta": {"content": CHAT_REPLY[i:i + 7]}}]}
+        reply = CHAT_REPLY_FA if mode == "fa" else CHAT_REPLY
+        for i in range(0, len(reply), 7):
+            delta = {"choices": [{"index": 0, "delta": {"content": reply[i:i + 7]}}]}
             await response.write(f"data: {json.dumps(delta)}\n\n".encode())
             await asyncio.sleep(0.01)
         await response.write(b"data: [DONE]\n\n")
@@ -132,7 +134,7 @@ if __name__ == "__main__":
     parser.add_argument("kind", choices=["sovits", "cosyvoice", "coqui", "openai"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate", type=int, default=None)
-    parser.add_argument("--mode", choices=["ok", "cut", "hang", "error"], default="ok")
+    parser.add_argument("--mode", choices=["ok", "cut", "hang", "error", "fa"], default="ok")
     args = parser.parse_args()
     default_rate = {"sovits": 32000, "cosyvoice": 24000, "coqui": 22050, "openai": 0}[args.kind]
     web.run_app(create_app(args.kind, args.rate or default_rate, args.mode), host="127.0.0.1",

@@ -9,8 +9,11 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from contracts.openapi import aiohttp_document
+
 from . import protocol
 from .engines.base import AudioChunk, BadRequest, TTSEngine, UpstreamUnavailable
+from .schemas import ErrorSchema, HealthSchema, VoiceSchema, VoicesSchema, speech_schema
 from .settings import Settings
 from .speech import SpeechRequest, parse_request, speak
 
@@ -40,17 +43,34 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"status": "error", "message": message}, status=status)
 
 
+async def read_json(request: web.Request) -> object:
+    """The body as JSON, whatever its content type (curl -d sends a form type); BadRequest when
+    its bytes are not JSON text, 413 (from aiohttp) when it is over the size limit."""
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on bytes that are not gzip
+        reason = getattr(exc.__cause__, "message", None) or str(exc)
+        raise BadRequest(f"body could not be read: {reason}") from None
+    charset = request.charset or "utf-8"
+    try:
+        text = raw.decode(charset)
+    except LookupError:
+        raise BadRequest(f"unknown charset {charset!r}; send JSON in UTF-8") from None
+    except ValueError:  # UnicodeDecodeError, or a charset name Python refuses outright
+        raise BadRequest(f"body is not valid {charset!r} text; send JSON in UTF-8") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # bad JSON, an integer over Python's digit limit, deep nesting
+        raise BadRequest('body must be JSON like {"text": "Hello"}') from None
+
+
 def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     metrics = Metrics(engine.name)
     started = time.monotonic()
 
     async def read_request(request: web.Request) -> SpeechRequest:
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            raise BadRequest('body must be JSON like {"text": "Hello"}') from None
-        return parse_request(engine, body, settings.max_text_chars)
+        return parse_request(engine, await read_json(request), settings.max_text_chars)
 
     async def stream(request: web.Request, headers: dict,
                      encode: Callable[[AudioChunk, float], bytes],
@@ -99,24 +119,118 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
         return response
 
     async def tts(request: web.Request) -> web.StreamResponse:
+        """Speak text as a stream of raw PCM.
+        ---
+        post:
+          summary: Speak text; audio is sent as each sentence is ready
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: Speech
+          responses:
+            200:
+              description: 16 kHz mono signed 16-bit little-endian PCM. If the voice fails midway the
+                connection is cut, so a partial answer never looks complete.
+              headers:
+                X-Audio-Format:
+                  description: The audio's format
+                  schema: {type: string, enum: ["s16le; rate=16000; channels=1"]}
+              content:
+                application/octet-stream:
+                  schema: {type: string, format: binary}
+            400: {$ref: '#/components/responses/BadRequest'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         return await stream(request, protocol.PCM_HEADERS, lambda chunk, _: chunk.pcm, None, None)
 
     async def tts_events(request: web.Request) -> web.StreamResponse:
+        """Speak text as newline-delimited JSON events with the audio and its phonemes.
+        ---
+        post:
+          summary: Speak text; audio and phoneme timings as NDJSON events
+          requestBody:
+            required: true
+            content:
+              application/json:
+                schema: Speech
+          responses:
+            200:
+              description: |
+                One JSON object a line:
+                {"type": "audio", "start": s, "pcm": base64 s16le 16 kHz mono, "phonemes": [[start, end, ipa], ...]},
+                then {"type": "end", "seconds": s}; or, if the voice fails after audio started,
+                {"type": "error", "message": "..."} as the last line. Times are seconds from the start.
+              content:
+                application/x-ndjson:
+                  schema: {type: string}
+            400: {$ref: '#/components/responses/BadRequest'}
+            413: {$ref: '#/components/responses/TooLarge'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
         return await stream(request, {"Content-Type": protocol.CONTENT_TYPE}, protocol.audio_event,
                             protocol.end_event, protocol.error_event)
 
     async def voices(request: web.Request) -> web.Response:
+        """The voices and languages of this server's model.
+        ---
+        get:
+          summary: Voices and languages of this model; the first voice is the default
+          responses:
+            200:
+              description: The voices
+              content:
+                application/json:
+                  schema: Voices
+        """
         listed = engine.voices()
         return web.json_response({"model": engine.name, "default": listed[0].name,
                                   "languages": sorted(engine.languages),
                                   "voices": [v.to_json() for v in listed]})
 
     async def health(request: web.Request) -> web.Response:
+        """Liveness.
+        ---
+        get:
+          summary: The server is up, and which model it serves
+          responses:
+            200:
+              description: Up
+              content:
+                application/json:
+                  schema: Health
+        """
         return web.json_response({"status": "ok", "model": engine.name,
                                   "uptime_seconds": round(time.monotonic() - started, 1)})
 
     async def metrics_route(request: web.Request) -> web.Response:
+        """Prometheus metrics.
+        ---
+        get:
+          summary: Prometheus metrics (requests by outcome, time to first audio, audio produced)
+          responses:
+            200:
+              description: Prometheus text format
+              content:
+                text/plain:
+                  schema: {type: string}
+        """
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(request: web.Request) -> web.Response:
+        """This document.
+        ---
+        get:
+          summary: The OpenAPI document of this server
+          responses:
+            200:
+              description: OpenAPI 3 document
+              content:
+                application/json:
+                  schema: {type: object}
+        """
+        return web.json_response(described)
 
     async def close_engine(app: web.Application) -> None:
         await engine.close()
@@ -128,8 +242,11 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _error(exc.status, exc.reason if exc.status != 413 else
-                          f"body larger than {MAX_BODY_BYTES} bytes")
+            response = _error(exc.status, exc.reason if exc.status != 413 else
+                              f"body larger than {MAX_BODY_BYTES} bytes")
+            if "Allow" in exc.headers:  # a 405 says which methods the path has
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
 
     app.middlewares.append(json_errors)
     app.router.add_post("/tts", tts)
@@ -137,5 +254,20 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
     app.router.add_get("/voices", voices)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_route)
+    app.router.add_get("/openapi.json", openapi)
+    described = document(app, engine, settings)  # once every route is in place
     app.on_cleanup.append(close_engine)
     return app
+
+
+def document(app: web.Application, engine: TTSEngine, settings: Settings) -> dict:
+    """The OpenAPI document of this server: its engine's languages and text limit included."""
+    spec = aiohttp_document(app, f"TTS server ({engine.name})", "1.0",
+                            [speech_schema(engine, settings.max_text_chars), ErrorSchema, VoiceSchema,
+                             VoicesSchema, HealthSchema])
+    spec["components"]["responses"] = {name: {"description": description, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}} for name, description in (
+        ("BadRequest", "The body is not JSON, not an object, or a field is wrong; the message names what is allowed"),
+        ("TooLarge", f"The body is over {MAX_BODY_BYTES} bytes"),
+        ("Unavailable", "The voice cannot be produced now (no network, the upstream server down or silent)"))}
+    return spec

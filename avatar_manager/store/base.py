@@ -19,6 +19,10 @@ class CapacityError(Exception):
     """No room for another instance (MAX_AVATARS, ports or GPU memory); the message says which."""
 
 
+class Full(CapacityError):
+    """Every MAX_AVATARS slot is held (the one capacity error an eviction can cure)."""
+
+
 class Busy(Exception):
     """The avatar's instance is stopping; try again once it is gone."""
 
@@ -67,7 +71,8 @@ class Store(ABC):
     @abstractmethod
     def claim(self, claim: Claim) -> tuple[Instance, bool]:
         """Join the avatar's instance or create one in STARTING; (instance, created).
-        CapacityError when full, Busy while its old instance is still stopping."""
+        Full at MAX_AVATARS, CapacityError without a port or GPU, Busy while its old instance is
+        still stopping."""
 
     @abstractmethod
     def get(self, key: str) -> Instance | None:

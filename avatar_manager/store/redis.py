@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..instances import HOLDS_PORT, JOINABLE, Instance, State, record_value
-from .base import Busy, CapacityError, Claim, NotFound, Store, StoreError
+from .base import Busy, CapacityError, Claim, Full, NotFound, Store, StoreError
 
 _FIELDS = frozenset(f.name for f in fields(Instance))
 _TIMEOUT = 5.0  # seconds, for connecting and for every reply
@@ -103,7 +103,7 @@ for _, a in ipairs(avatars()) do
   end
 end
 if held >= max_instances then
-  return redis.error_reply('CAPACITY:all MAX_AVATARS=' .. ARGV[4] .. ' instances are in use')
+  return redis.error_reply('FULL:all MAX_AVATARS=' .. ARGV[4] .. ' instances are in use')
 end
 
 local port
@@ -246,6 +246,8 @@ class RedisStore(Store):
             yield
         except redis.ResponseError as exc:
             message = str(exc)
+            if message.startswith("FULL:"):
+                raise Full(message.removeprefix("FULL:")) from None
             if message.startswith("CAPACITY:"):
                 raise CapacityError(message.removeprefix("CAPACITY:")) from None
             if message.startswith("BUSY:"):

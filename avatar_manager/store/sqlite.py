@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..instances import HOLDS_PORT, JOINABLE, Instance, State
-from .base import Busy, CapacityError, Claim, NotFound, Store, StoreError, place_on_gpu
+from .base import Busy, CapacityError, Claim, Full, NotFound, Store, StoreError, place_on_gpu
 
 _COLUMNS = [f.name for f in fields(Instance)]
 _TYPES = {"int": "INTEGER", "float": "REAL", "bool": "INTEGER"}
@@ -105,14 +105,15 @@ class SqliteStore(Store):
     def join(self, avatar: str, now: float) -> Instance | None:
         # One autocommit statement: SQLite holds its write lock only inside one sqlite3_step (with
         # the GIL released), not across Python steps while other writers sleep in its busy handler.
+        # RETURNING: the row as this join left it (a read after it could see later joins' counts).
         try:
             with self._writer:
-                cur = self._connection().execute(
+                row = self._connection().execute(
                     f"UPDATE instances SET connections = connections + 1, idle_since = 0, active_at = ? "
-                    f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (now, avatar))
+                    f"WHERE avatar = ? AND state IN ({_in(JOINABLE)}) RETURNING *", (now, avatar)).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
-        return self.get(avatar) if cur.rowcount else None
+        return Instance.from_record(dict(row)) if row else None
 
     def _join(self, db: sqlite3.Connection, avatar: str, now: float) -> Instance | None:
         cur = db.execute(f"UPDATE instances SET connections = connections + 1, idle_since = 0, active_at = ? "
@@ -130,7 +131,7 @@ class SqliteStore(Store):
             held = db.execute(f"SELECT avatar, port, gpu, reserved_mb, state FROM instances "
                               f"WHERE state IN ({_in(HOLDS_PORT)}) AND avatar != ?", (claim.avatar,)).fetchall()
             if len(held) >= claim.max_instances:
-                raise CapacityError(f"all MAX_AVATARS={claim.max_instances} instances are in use")
+                raise Full(f"all MAX_AVATARS={claim.max_instances} instances are in use")
             taken = {r["port"] for r in held}
             port = next((p for p in claim.ports if p not in taken), None)
             if port is None:

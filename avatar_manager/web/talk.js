@@ -1,20 +1,22 @@
-// Talk: pick an avatar, start it, see and hear it over WebRTC, make it speak.
-// The manager counts this page as one connection from /avatar/start until /avatar/disconnect, or
-// until the page goes away. Signalling goes through the manager's relay (/avatar/NAME/offer ...),
-// so only the manager's port must be reachable; the media flows straight from the worker.
-import { get, imageUrl, post, postOnExit } from "./api.js";
+// Talk: pick an avatar, start it, see and hear it over WebRTC, make it speak, read its replies.
+// Signalling goes through the manager's relay (/avatar/NAME/offer ...), so only the manager's port
+// must be reachable; the media flows straight from the worker. The relayed offer starts the avatar
+// when needed and counts this page as one connection for as long as its WebRTC session lives: the
+// page gives it back by closing the peer (on leaving, or when the page goes away).
+import { events, get, imageUrl, post } from "./api.js";
 import { $, badge } from "./dom.js";
 import { t } from "./i18n.js";
 import { clearProblem, showError, showProblem } from "./notice.js";
 
 const video = $("video");
 const GATHER_TIMEOUT_MS = 5000;    // ICE candidates of the local machine; a browser has them in ms
+const FOLLOW_RETRY_MS = 2000;      // the event stream broke (a manager restart): open it again after this
 const previews = new Map();        // avatar name -> object URL of its preview
 
 // From /console/config; connect_timeout: the worker's own WEBRTC_CONNECT_TIMEOUT, after which a
 // peer that is still not connected is taken to be blocked by the network.
 let settings = { chat: false, ice_servers: [], connect_timeout: 30 };
-let current = null;  // the avatar on stage: {name, joined, pc, sessionid, watchdog, connected}
+let current = null;  // the avatar on stage: {name, pc, sessionid, watchdog, connected, captions, reply}
 let level = null;    // the audio meter: {context, timer}
 
 function setConnection(state) {
@@ -67,7 +69,7 @@ export async function showGallery() {
   $("gallery").hidden = false;
   let avatars, instances;
   try {
-    [avatars, instances] = await Promise.all([get("/avatar/avatars"), get("/avatar/list")]);
+    [avatars, instances] = await Promise.all([get("/avatar/avatars"), get("/avatar/list?all=1")]);  // FAILED ones too, for their badge
   } catch (error) {
     showError(error);
     return;
@@ -81,7 +83,7 @@ export async function showGallery() {
 
 export function open(name) {
   if (current) leave();
-  current = { name, joined: false, pc: null, sessionid: null, watchdog: null, connected: false };
+  current = { name, pc: null, sessionid: null, watchdog: null, connected: false, captions: null, reply: null };
   $("gallery").hidden = true;
   $("gallery-empty").hidden = true;
   $("stage").hidden = false;
@@ -106,17 +108,12 @@ function gathered(pc) {
 
 export async function connect() {
   const attempt = current;
-  if (!attempt || attempt.joined) return;
+  if (!attempt || attempt.pc) return;
   Object.assign(attempt, { connected: false, sessionid: null });  // a second try after a failure
   clearProblem();
   startMeter();  // inside the click, where a browser lets audio start
   setConnection("starting");
-  const client = `${attempt.name}_user_web${Math.random().toString(16).slice(2, 10)}`;
   try {
-    await post("/avatar/start", { avatar_id: client, avatar_name: attempt.name });
-    attempt.joined = true;
-    if (attempt !== current) return release(attempt);
-    setConnection("connecting");
     const pc = attempt.pc = new RTCPeerConnection({ iceServers: settings.ice_servers });
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
@@ -124,10 +121,13 @@ export async function connect() {
     pc.addEventListener("connectionstatechange", () => attempt === current && changed(attempt));
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);  // aiortc does not trickle: the offer carries every candidate
+    // Starts the avatar if it is not running (a cold start takes seconds).
     const answer = await relay(attempt, "offer", { sdp: pc.localDescription.sdp, type: pc.localDescription.type });
-    if (attempt !== current) return release(attempt);
+    if (attempt !== current || !attempt.pc) return release(attempt);
     attempt.sessionid = answer.sessionid;
+    setConnection("connecting");
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+    follow(attempt);
     attempt.watchdog = setTimeout(() => {
       if (attempt === current && !attempt.connected) blocked(attempt);
     }, settings.connect_timeout * 1000);
@@ -170,18 +170,16 @@ function show(track) {
   });
 }
 
-// Leaves the stage's connection: closes the peer and gives the manager its connection back (once).
-function release(attempt, leaving = false) {
+// Leaves the stage's connection: closing the peer ends the worker's session, and with it the
+// connection the manager counted for it.
+function release(attempt) {
   clearTimeout(attempt.watchdog);
+  attempt.captions?.abort();
+  attempt.captions = null;
+  attempt.reply = null;
   if (attempt.pc) {
     attempt.pc.close();
     attempt.pc = null;
-  }
-  if (attempt.joined) {
-    attempt.joined = false;
-    const body = { avatar_name: attempt.name };
-    if (leaving) postOnExit("/avatar/disconnect", body);
-    else post("/avatar/disconnect", body).catch(() => {});
   }
   if (attempt === current) {
     video.srcObject = null;
@@ -206,10 +204,8 @@ async function say(event) {
   const type = $("mode").value;
   try {
     await relay(current, "human", { sessionid: current.sessionid, text, type, interrupt: true });
-    const line = document.createElement("li");
-    line.dir = "auto";
-    line.textContent = text;
-    $("transcript").prepend(line);
+    current.reply = null;  // what the avatar answers now goes on a line of its own
+    transcribe(text, "said");
     $("text").value = "";
   } catch (error) {
     showError(error);
@@ -222,6 +218,44 @@ async function interrupt() {
     await relay(current, "interrupt_talk", { sessionid: current.sessionid });
   } catch (error) {
     showError(error);
+  }
+}
+
+// --- captions: the avatar's chat replies as text, from the worker's relayed event stream -------------
+
+// A line at the top of the transcript; dir="auto" (and the CSS) set its direction from its text.
+function transcribe(text, kind) {
+  const line = document.createElement("li");
+  line.dir = "auto";
+  line.className = kind;
+  line.textContent = text;
+  $("transcript").prepend(line);
+  return line;
+}
+
+function caption(attempt, name, data) {
+  if (name === "reply" && data.delta) {
+    if (!attempt.reply) attempt.reply = transcribe("", "reply");
+    attempt.reply.textContent += data.delta;
+  } else if (name === "reply_end") {
+    if (!attempt.reply) attempt.reply = transcribe("", "reply");
+    if (data.text) attempt.reply.textContent = data.text;  // the whole reply, as spoken
+    attempt.reply = null;
+  }
+}
+
+// Follows this session's events for as long as it is on stage, opening the stream again if it breaks.
+async function follow(attempt) {
+  const controller = attempt.captions = new AbortController();
+  const path = `/avatar/${encodeURIComponent(attempt.name)}/sse?sessionid=${attempt.sessionid}`;
+  while (!controller.signal.aborted) {
+    try {
+      await events(path, (name, data) => caption(attempt, name, data), controller.signal);
+    } catch {
+      // Captions are an extra: the avatar still speaks without them.
+    }
+    if (controller.signal.aborted) return;
+    await new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS));
   }
 }
 
@@ -274,7 +308,7 @@ export function init(consoleSettings) {
     startMeter();
     $("unmute").hidden = true;
   });
-  window.addEventListener("pagehide", () => current && release(current, true));
+  window.addEventListener("pagehide", () => current && release(current));
   document.addEventListener("languagechange", () => {
     labelChat();
     if (current) setConnection($("connection").dataset.state);

@@ -18,6 +18,8 @@ The world it reports comes from the environment variable FAKE_NVML, read on ever
                                  nvmlDeviceGetMemoryInfo raises NVMLError_GpuIsLost for GPU 1
                                  (index defaults to 0)
   A GPU entry may also carry its own "error": "memory" | "name" | "handle".
+  A GPU entry may give "temperature_c", "utilization_percent", "power_w" and "power_limit_w";
+  a reading it leaves out raises NVMLError_NotSupported, as on GPUs without that sensor.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ _MB = 1024 * 1024
 NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
 NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_GPU_IS_LOST = 15
@@ -42,6 +45,7 @@ class NVMLError(Exception):
     _errcode_to_string = {
         NVML_ERROR_UNINITIALIZED: "Uninitialized",
         NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
+        NVML_ERROR_NOT_SUPPORTED: "Not Supported",
         NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
         NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
         NVML_ERROR_GPU_IS_LOST: "GPU is lost",
@@ -70,10 +74,13 @@ def _subclass(name: str, code: int) -> type:
 
 NVMLError_Uninitialized = _subclass("NVMLError_Uninitialized", NVML_ERROR_UNINITIALIZED)
 NVMLError_InvalidArgument = _subclass("NVMLError_InvalidArgument", NVML_ERROR_INVALID_ARGUMENT)
+NVMLError_NotSupported = _subclass("NVMLError_NotSupported", NVML_ERROR_NOT_SUPPORTED)
 NVMLError_DriverNotLoaded = _subclass("NVMLError_DriverNotLoaded", NVML_ERROR_DRIVER_NOT_LOADED)
 NVMLError_LibraryNotFound = _subclass("NVMLError_LibraryNotFound", NVML_ERROR_LIBRARY_NOT_FOUND)
 NVMLError_GpuIsLost = _subclass("NVMLError_GpuIsLost", NVML_ERROR_GPU_IS_LOST)
 NVMLError_Unknown = _subclass("NVMLError_Unknown", NVML_ERROR_UNKNOWN)
+
+NVML_TEMPERATURE_GPU = 0
 
 _initialised = False
 
@@ -83,6 +90,12 @@ class c_nvmlMemory_t:  # noqa: N801 - the real library's name
     total: int
     free: int
     used: int
+
+
+@dataclass(frozen=True)
+class c_nvmlUtilization_t:  # noqa: N801 - the real library's name
+    gpu: int
+    memory: int
 
 
 @dataclass(frozen=True)
@@ -169,3 +182,30 @@ def nvmlDeviceGetName(handle: _Handle) -> str:
     if gpu.get("error") == "name":
         raise NVMLError(NVML_ERROR_UNKNOWN)
     return str(gpu.get("name", f"Fake GPU {handle.index}"))
+
+
+def _reading(handle: _Handle, name: str):
+    value = _gpu(handle).get(name)
+    if value is None:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return value
+
+
+def nvmlDeviceGetTemperature(handle: _Handle, sensor: int) -> int:
+    if sensor != NVML_TEMPERATURE_GPU:
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return int(_reading(handle, "temperature_c"))
+
+
+def nvmlDeviceGetUtilizationRates(handle: _Handle) -> c_nvmlUtilization_t:
+    return c_nvmlUtilization_t(gpu=int(_reading(handle, "utilization_percent")), memory=0)
+
+
+def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
+    """Milliwatts, as the real library."""
+    return int(float(_reading(handle, "power_w")) * 1000)
+
+
+def nvmlDeviceGetEnforcedPowerLimit(handle: _Handle) -> int:
+    """Milliwatts, as the real library."""
+    return int(float(_reading(handle, "power_limit_w")) * 1000)

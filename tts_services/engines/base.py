@@ -1,6 +1,7 @@
 """What every TTS engine is: voices it offers, and text in, 16 kHz PCM chunks out."""
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import AsyncIterator
@@ -50,6 +51,8 @@ class TTSEngine(ABC):
     name: str = ""
     languages: frozenset[str] = frozenset()
     VOICES: list[Voice] = []
+    # Voice names accepted beyond those listed (edge-tts's full names), or None: only the listed.
+    VOICE_PATTERN: re.Pattern | None = None
 
     def voices(self) -> list[Voice]:
         """Every voice this engine lists; the first is the default."""

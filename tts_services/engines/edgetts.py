@@ -43,6 +43,8 @@ class EdgeTTSEngine(TTSEngine):
         _voice("fa-IR-DilaraNeural", "fa-IR-DilaraNeural"),
     ]
 
+    VOICE_PATTERN = FULL_NAME
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 

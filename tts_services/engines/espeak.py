@@ -61,6 +61,9 @@ TIMBRES = {
     "ChineseFemaleA": "cmn+f2", "ChineseFemaleB": "cmn+f4",
 }
 
+# espeak-ng's own name of every listed voice whose name differs (its British English is plain "en").
+TARGETS = {"en-gb": "en", **TIMBRES}
+
 # Languages whose text we normalise and whose voices we list by default.
 VOICES = [
     Voice("en-us", "en", "male", "American English"),
@@ -149,7 +152,7 @@ class EspeakEngine(TTSEngine):
 
     async def synthesize(self, text: str, voice: Voice, lang: str) -> AsyncIterator[AudioChunk]:
         library = await asyncio.to_thread(_Library.get)
-        target = TIMBRES.get(voice.name, voice.name)
+        target = TARGETS.get(voice.name, voice.name)
         for sentence in split_sentences(text):
             samples, phonemes = await asyncio.to_thread(library.synthesize, sentence, target)
             yield AudioChunk(resample_to_pcm16k(samples, library.sample_rate), phonemes)
