@@ -4,7 +4,6 @@ python -m avatar_manager register PATH --name NAME     prepare an avatar from a 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,7 +24,9 @@ def serve() -> int:
         print(f"avatar_manager: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_dir)
-    api = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "avatar_manager.api:create_app()"]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    api = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", f"{host}:{settings.port}",
+           "avatar_manager.api:create_app()"]
     try:
         Supervisor(settings, store, api).run()
     except SystemExit as exc:
@@ -36,14 +37,14 @@ def serve() -> int:
 
 def register(argv: list[str]) -> int:
     """Prepare and record an avatar; prints its record as JSON. Run by operators, and by the
-    supervisor for an upload (--job: the API holds the name's lock, the job gets the outcome)."""
+    supervisor for an upload (--job=ID alone: the job document holds the rest)."""
     import argparse
     import json
 
     from . import registration
     parser = argparse.ArgumentParser(prog="python -m avatar_manager register")
-    parser.add_argument("path", type=Path, help="a photo or a video of one face")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("path", type=Path, nargs="?", help="a photo or a video of one face")
+    parser.add_argument("--name")
     parser.add_argument("--owner", default="")
     parser.add_argument("--description", default="")
     parser.add_argument("--tts-model", default=None)
@@ -51,32 +52,27 @@ def register(argv: list[str]) -> int:
     parser.add_argument("--engine", default=None, help="puppet (the default) or musetalk (prepares its latents)")
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.job is None and (args.path is None or args.name is None):
+        parser.error("PATH and --name are required")
     try:
         settings = Settings.from_env()
         store = open_store(settings)
     except (ConfigError, StoreError) as exc:
         print(f"register: {exc}", file=sys.stderr)
         return 2
-    job = store.get_doc("job", args.job) if args.job else None
+    if args.job is not None:
+        return registration.run_job(settings, store, args.job)
     try:
-        if job is None:
-            registration.lock(store, args.name, f"cli:{os.getpid()}")
+        registration.lock(store, args.name, f"cli:{os.getpid()}")
         try:
             record = registration.register(settings, store, args.path, args.name, owner=args.owner,
                                            description=args.description, tts_model=args.tts_model,
                                            timbre=args.timbre, engine=args.engine)
         finally:
-            # Before the outcome is told: whoever hears it may register the name again at once.
             registration.unlock(store, args.name)
-            if job is not None:
-                shutil.rmtree(args.path.parent, ignore_errors=True)
     except registration.RegistrationError as exc:
-        if job is not None:
-            registration.finish_job(store, job, error=exc.to_json())
         print(f"register: {exc}", file=sys.stderr)
         return 2
-    if job is not None:
-        registration.finish_job(store, job, record=record)
     print(json.dumps(record, indent=2))
     return 0
 

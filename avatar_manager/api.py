@@ -9,12 +9,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from flask import Flask, Response, jsonify, request, send_file
+from flask import Flask, Request, Response, jsonify, request, send_file
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
+from werkzeug.wsgi import LimitedStream
 
 from contracts.cors import ANY as ANY_ORIGIN
 from contracts.openapi import flask_document, load
@@ -86,16 +86,23 @@ def _document(app: Flask, settings: Settings) -> dict:
     return document
 
 
+class _Request(Request):
+    """werkzeug stops reading a chunked body at the size limit and returns what it read, so a body
+    over the limit would be parsed cut short (a 400): a byte beyond the limit makes it a 413."""
+
+    def get_data(self, *args, **kwargs):
+        data = super().get_data(*args, **kwargs)
+        stream = self.stream
+        if (self.content_length is None and isinstance(stream, LimitedStream) and stream.is_exhausted
+                and self.environ["wsgi.input"].read(1)):
+            raise RequestEntityTooLarge()
+        return data
+
+
 class _AvatarName(BaseConverter):
     """/avatar/<avatar:name>: any segment but the fixed routes' words, so that DELETE /avatar/start
     is a 405 (and OPTIONS /avatar/start does not offer DELETE), not the deletion of an avatar."""
     regex = rf"(?!(?:{'|'.join(schemas.ROUTE_WORDS)})$)[^/]+"
-
-
-def _host() -> str:
-    """Where the caller reached us: the workers are on the same host."""
-    host = urlsplit(request.host_url).hostname or "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -104,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = open_store(settings)
     pool = Pool(settings, store)
     app = Flask("avatar_manager", static_folder=WEB, static_url_path="/static")
+    app.request_class = _Request
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.url_map.converters["avatar"] = _AvatarName
@@ -210,7 +218,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         instances = store.list()
         active = [i for i in instances if i.state not in (State.FAILED, State.STOPPED)]
         gpus = read_gpus(settings.gpu_ids, sensors=True)
-        host = _host()
+        host = settings.public_host  # never the request's Host header: clients forge it
         manager = {
             "running": sum(i.state == State.RUNNING for i in instances),
             "instances": len(active),
@@ -267,7 +275,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         instance, created = pool.start(body["avatar_id"], body["avatar_name"])
         verb = "started" if created else "joined"
         return _reply(f"avatar {instance.avatar} {verb} ({instance.connections} connection(s))",
-                      {**instance.to_api(_host()), "is_new": created})
+                      {**instance.to_api(settings.public_host), "is_new": created})
 
     @app.post("/avatar/disconnect")
     def disconnect():
@@ -287,7 +295,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         key = body["avatar_name"] or body["avatar_id"]
         instance = pool.disconnect(key)
         return _reply(f"avatar {instance.avatar} disconnected ({instance.connections} connection(s) left)",
-                      instance.to_api(_host()))
+                      instance.to_api(settings.public_host))
 
     @app.post("/avatar/stop")
     def stop():
@@ -308,7 +316,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         remaining = pool.stop(body["avatar_id"], body["force"])
         if remaining is not None:
             return _reply(f"avatar {remaining.avatar} stays up with {remaining.connections} connection(s)",
-                          remaining.to_api(_host()))
+                          remaining.to_api(settings.public_host))
         return _reply(f"avatar {body['avatar_id']} stopped")
 
     @app.post("/avatar/restart")
@@ -326,7 +334,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             503: {$ref: '#/components/responses/Unavailable'}
         """
         instance = pool.restart(_load(schemas.RestartSchema())["avatar_id"])
-        return _reply(f"avatar {instance.avatar} restarted", instance.to_api(_host()))
+        return _reply(f"avatar {instance.avatar} restarted", instance.to_api(settings.public_host))
 
     @app.post("/avatar/stop-all")
     def stop_all():
@@ -356,7 +364,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             401: {$ref: '#/components/responses/Unauthorized'}
             503: {$ref: '#/components/responses/Unavailable'}
         """
-        instances = [i.to_api(_host()) for i in pool.list(everything=_flag("all"))]
+        instances = [i.to_api(settings.public_host) for i in pool.list(everything=_flag("all"))]
         return _reply("ok", instances, count=len(instances))
 
     @app.get("/avatar/info/<key>")
@@ -373,7 +381,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             404: {$ref: '#/components/responses/NotFound'}
             503: {$ref: '#/components/responses/Unavailable'}
         """
-        return _reply("ok", pool.find(key).to_api(_host()))
+        return _reply("ok", pool.find(key).to_api(settings.public_host))
 
     @app.get("/tts")
     def tts_servers():
@@ -445,9 +453,10 @@ def create_app(settings: Settings | None = None) -> Flask:
             400: {$ref: '#/components/responses/BadRequest'}
             401: {$ref: '#/components/responses/Unauthorized'}
             409: {$ref: '#/components/responses/Conflict'}
-            413: {$ref: '#/components/responses/TooLarge'}
+            413: {description: "the file, or what it decodes to, is too large (MAX_AVATAR_FILE_SIZE, MAX_IMAGE_PIXELS, MAX_VIDEO_PIXELS, REGISTER_MEMORY_MB)", content: {application/json: {schema: Error}}}
             415: {description: "not a photo or a video", content: {application/json: {schema: Error}}}
-            422: {description: "no usable face; `reasons` and `metrics` say why", content: {application/json: {schema: Error}}}
+            422: {description: "no usable face, or a video of under 5 frames a second; `reasons` and `metrics` say why", content: {application/json: {schema: Error}}}
+            429: {description: "REGISTER_WORKERS + REGISTER_QUEUE registrations are running or waiting already: try again later", content: {application/json: {schema: Error}}}
             503: {$ref: '#/components/responses/Unavailable'}
         """
         try:
@@ -495,9 +504,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             401: {$ref: '#/components/responses/Unauthorized'}
             404: {$ref: '#/components/responses/NotFound'}
             409: {$ref: '#/components/responses/Conflict'}
-            413: {$ref: '#/components/responses/TooLarge'}
+            413: {description: "what the file decodes to is too large (MAX_IMAGE_PIXELS, MAX_VIDEO_PIXELS, REGISTER_MEMORY_MB)", content: {application/json: {schema: Error}}}
             415: {description: "not a photo or a video", content: {application/json: {schema: Error}}}
-            422: {description: "no usable face; `reasons` and `metrics` say why", content: {application/json: {schema: Error}}}
+            422: {description: "no usable face, or a video of under 5 frames a second; `reasons` and `metrics` say why", content: {application/json: {schema: Error}}}
             503: {$ref: '#/components/responses/Unavailable'}
         """
         job = store.get_doc("job", job_id) if job_id.isalnum() else None

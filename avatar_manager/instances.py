@@ -95,7 +95,9 @@ class Instance:
         return cls(**values)
 
     def to_api(self, host: str) -> dict:
-        """The seed manager's instance fields, plus the lifecycle state and the last error."""
+        """The seed manager's instance fields, plus the lifecycle state and the last error.
+        `host`: where clients reach the worker, URL-ready (settings.public_host, never a request's
+        Host header, which any client may forge)."""
         now = time.time()
         return {
             "avatar_id": self.instance_id,

@@ -92,9 +92,12 @@ class Pool:
             running = self._wait_running(joined, deadline)
         except Unavailable:
             try:  # this caller is not connected after all (to this instance, not a later one)
-                self.store.disconnect(avatar, time.time(), token=joined.token)
+                left = self.store.disconnect(avatar, time.time(), token=joined.token)
             except NotFound:
-                pass
+                left = None  # gone already
+            if left is not None and left.token == joined.token and left.connections == 0:
+                # Nobody waits for it any more: a refused start must not spawn a worker later.
+                self.store.transition(avatar, {State.STARTING, State.BACKOFF}, State.STOPPING, restart=False)
             raise
         return replace(running, connections=joined.connections), created
 

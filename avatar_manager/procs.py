@@ -9,11 +9,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Callable
 
 import psutil
+
+from contracts import auth
 
 log = logging.getLogger("avatar_manager.procs")
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,12 @@ def child_env(keep: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
     return env
 
 
+def service_env(api_token: str | None, **extra: str) -> dict[str, str]:
+    """child_env for a service that guards its routes with our API token (a worker, a TTS server):
+    of PRIVATE_ENV it gets that token alone, handed over explicitly."""
+    return child_env(**extra, **({auth.ENV: api_token} if api_token else {}))
+
+
 def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start argv (a list, never a shell string) in a new session, so its whole tree is one
     process group to signal, and so a terminal's Ctrl-C is delivered by us, not by the tty."""
@@ -53,19 +62,20 @@ def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def get_json(url: str, timeout: float) -> dict | None:
+def get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> dict | None:
     """GET url -> its JSON object, or None on any failure."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             body = json.loads(response.read(64 * 1024))
     except (OSError, ValueError, urllib.error.URLError):
         return None
     return body if isinstance(body, dict) else None
 
 
-def worker_health(port: int, token: str, timeout: float = 1.0) -> dict | None:
-    """The worker's /health, if it names this instance's token (not merely a listener)."""
-    body = get_json(f"http://127.0.0.1:{port}/health", timeout)
+def worker_health(port: int, token: str, api_token: str | None, timeout: float = 1.0) -> dict | None:
+    """The worker's /health, if it names this instance's token (not merely a listener). With an
+    API token set the worker names it only to a caller that sends that token."""
+    body = get_json(f"http://127.0.0.1:{port}/health", timeout, auth.headers(api_token))
     return body if body is not None and body.get("instance_token") == token else None
 
 
@@ -92,6 +102,67 @@ def listeners() -> dict[int, psutil.Process]:
                 found[conn.laddr.port] = psutil.Process(conn.pid)
     except psutil.Error:
         pass
+    return found
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """A live worker of ours, as its command line and environment tell (what we spawned it with)."""
+    proc: subprocess.Popen | psutil.Process
+    avatar: str
+    port: int
+    token: str
+    gpu: int | None      # -1: the CPU; None: CUDA_VISIBLE_DEVICES names no single GPU index
+    started: float       # the process's start time
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of --name=VALUE (how workers.command writes flags) or --name VALUE."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.partition("=")[2]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _runs_module(argv: list[str], module: str) -> bool:
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] == module
+
+
+def describe_worker(proc: subprocess.Popen | psutil.Process, module: str, data_dir: Path,
+                    ports: range) -> WorkerProcess | None:
+    """The worker `proc` is, if it is one of ours: `python -m MODULE` listening on one of our
+    ports and serving our data dir (so another manager's workers on this host are never ours)."""
+    try:
+        process = psutil.Process(proc.pid)
+        argv = process.cmdline()
+        if not _runs_module(argv, module) or process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        env = process.environ()
+        started = process.create_time()
+    except psutil.Error:
+        return None
+    avatar, port, token = _flag(argv, "avatar_id"), _flag(argv, "listenport"), env.get("INSTANCE_TOKEN")
+    if (not avatar or not token or port is None or not port.isdigit() or int(port) not in ports
+            or env.get("AVATAR_DATA_DIR") != str(data_dir)):
+        return None
+    devices = env.get("CUDA_VISIBLE_DEVICES", "")
+    gpu = -1 if devices == "" else int(devices) if devices.isdigit() else None
+    return WorkerProcess(proc=proc, avatar=avatar, port=int(port), token=token, gpu=gpu, started=started)
+
+
+def find_workers(module: str, data_dir: Path, ports: range) -> list[WorkerProcess]:
+    """Every live worker of ours on this host (a scan of every process: not every tick)."""
+    found = []
+    for process in psutil.process_iter():
+        worker = describe_worker(process, module, data_dir, ports)
+        if worker is not None:
+            found.append(worker)
     return found
 
 

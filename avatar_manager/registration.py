@@ -2,19 +2,24 @@
 
 One path for everyone: `python -m avatar_manager register PATH --name NAME` prepares the avatar
 (lipsync_worker.avatars.prepare: content sniffing, face detection, quality checks, an atomic
-rename into place) and writes the registry record. The API saves an upload and queues a job; the
-supervisor runs that same command for it, as a child of its own, and the job records the outcome.
+rename into place) and writes the registry record. The API saves an upload and queues a job (one
+of REGISTER_WORKERS + REGISTER_QUEUE slots, else a 429); the supervisor runs the same command for
+it as a child of its own (registration_jobs), which finds all it needs in the job document, and
+the job records the outcome.
 """
 from __future__ import annotations
 
+import math
 import secrets
 import shutil
+import sys
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Callable
 
 from lipsync_worker.avatar_config import ENGINES, AvatarError, avatar_dir, check_name, is_livetalking, read_config
+from lipsync_worker.bounds import Bounds
 from lipsync_worker.musetalk import weights
 
 from .settings import Settings
@@ -27,7 +32,7 @@ JOB_KEEP = 3600.0         # finished jobs stay visible this long
 
 
 class RegistrationError(Exception):
-    """Refused: `status` is the HTTP status (400, 409, 415, 422), the message says why."""
+    """Refused: `status` is the HTTP status (400, 409, 413, 415, 422, 429, 503), the message says why."""
 
     def __init__(self, status: int, message: str, **detail) -> None:
         super().__init__(message)
@@ -63,9 +68,9 @@ def exists(settings: Settings, store: Store, name: str) -> bool:
     return store.get_doc("avatar", name) is not None or avatar_dir(settings.data_dir, name).exists()
 
 
-def lock(store: Store, name: str, holder: str) -> None:
+def lock(store: Store, name: str, holder: str, ttl: float = LOCK_TTL) -> None:
     """Two registrations of one name never interleave: the second is refused while the first runs."""
-    if not store.claim_doc("registering", name, {"holder": holder}, LOCK_TTL, time.time()):
+    if not store.claim_doc("registering", name, {"holder": holder}, ttl, time.time()):
         raise RegistrationError(409, f"a registration of {name!r} is in progress")
 
 
@@ -81,6 +86,7 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
              tts_model: str | None = None, timbre: str | None = None, engine: str | None = None) -> dict:
     """Prepare the avatar and record it; RegistrationError when refused (nothing is left behind)."""
     from lipsync_worker import avatars  # OpenCV: only where preparation happens
+    from lipsync_worker.bounds import TooCostly
     from lipsync_worker.intake import UnsupportedMedia
     from lipsync_worker.quality import QualityError
 
@@ -88,7 +94,9 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
     overrides = {k: v for k, v in (("tts_model", tts_model), ("timbre", timbre), ("avatar_model", engine)) if v}
     started = time.monotonic()
     try:
-        prepared = avatars.prepare(source, name, settings.data_dir, overrides=overrides)
+        prepared = avatars.prepare(source, name, settings.data_dir, overrides=overrides, bounds=bounds(settings))
+    except TooCostly as exc:
+        raise RegistrationError(413, str(exc)) from None
     except UnsupportedMedia as exc:
         raise RegistrationError(415, str(exc), detected=exc.detected) from None
     except QualityError as exc:
@@ -114,6 +122,12 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
     }
     store.put_doc("avatar", name, record)
     return record
+
+
+def bounds(settings: Settings) -> Bounds:
+    """What preparing one upload may cost here."""
+    return Bounds(max_pixels=settings.max_image_pixels, max_video_pixels=settings.max_video_pixels,
+                  memory_mb=settings.register_memory_mb)
 
 
 def listing(settings: Settings, store: Store) -> list[dict]:
@@ -163,25 +177,58 @@ def uploads_dir(settings: Settings) -> Path:
     return settings.data_dir / "uploads"
 
 
+def claim_ttl(settings: Settings) -> float:
+    """How long a job's claims (its slot, its name) last: its wait behind every other slot, its own
+    run, and a minute; a crashed supervisor's claims expire after it."""
+    turns = math.ceil((settings.register_workers + settings.register_queue) / settings.register_workers)
+    return turns * settings.register_timeout + 60.0
+
+
+def _claim_slot(settings: Settings, store: Store, job_id: str) -> int:
+    for slot in range(settings.register_workers + settings.register_queue):
+        if store.claim_doc("registration_slot", str(slot), {"job": job_id}, claim_ttl(settings), time.time()):
+            return slot
+    raise RegistrationError(429, f"{settings.register_workers + settings.register_queue} registrations are "
+                                 f"running or waiting (REGISTER_WORKERS={settings.register_workers}, "
+                                 f"REGISTER_QUEUE={settings.register_queue}); try again in a minute")
+
+
+def release(store: Store, job: dict) -> None:
+    """For a job that ends without its child's word: delete its upload, unlock its name."""
+    shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
+    unlock(store, job["avatar"])
+
+
+def free_slot(store: Store, job: dict) -> None:
+    """The job no longer runs nor waits: its place in the queue is free."""
+    if job.get("slot") is not None:  # a job queued before slots existed has none
+        store.delete_doc("registration_slot", str(job["slot"]))
+
+
 def submit(settings: Settings, store: Store, name: str, meta: dict, save: Callable[[Path], None]) -> dict:
-    """Lock the name, store the upload (`save` writes it to the path given) and queue a job for the
-    supervisor; on any failure nothing stays behind."""
+    """Lock the name, take a slot in the queue (RegistrationError 429 when none is free), store the
+    upload (`save` writes it to the path given) and queue a job for the supervisor; on any failure
+    nothing stays behind."""
     job_id = secrets.token_hex(8)
-    lock(store, name, f"job:{job_id}")
+    lock(store, name, f"job:{job_id}", claim_ttl(settings))
     folder = uploads_dir(settings) / job_id
+    slot = None
     try:
+        slot = _claim_slot(settings, store, job_id)
         folder.mkdir(parents=True)
         save(folder / "upload")
         if (folder / "upload").stat().st_size > settings.max_avatar_file_bytes:
             raise RegistrationError(413, f"the file is larger than MAX_AVATAR_FILE_SIZE="
                                          f"{settings.max_avatar_file_bytes / 2**20:g} MB")
         now = time.time()
-        job = {"id": job_id, "avatar": name, "state": "queued", "created": now, "updated": now,
+        job = {"id": job_id, "avatar": name, "state": "queued", "created": now, "updated": now, "slot": slot,
                "upload": str(folder / "upload"), "meta": meta, "record": None, "error": None}
         store.put_doc("job", job_id, job)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         unlock(store, name)
+        if slot is not None:
+            store.delete_doc("registration_slot", str(slot))
         raise
     return job
 
@@ -203,14 +250,34 @@ def finish_job(store: Store, job: dict, record: dict | None = None, error: dict 
 
 
 def job_argv(job: dict) -> list[str]:
-    """The command that carries the job out (the same an operator runs by hand). Every value is
-    glued to its flag and the path comes after `--`, so none can be read as an option."""
-    import sys
-    argv = [sys.executable, "-m", "avatar_manager", "register", f"--name={job['avatar']}", f"--job={job['id']}"]
-    for flag in ("owner", "description", "tts_model", "timbre", "engine"):
-        if job["meta"].get(flag):
-            argv.append(f"--{flag.replace('_', '-')}={job['meta'][flag]}")
-    return [*argv, "--", job["upload"]]
+    """The command that carries the job out: only the job's id (ours, hex) is on the command line;
+    the child reads the name, the upload and what the user wrote from the job document (argv is
+    public to every local user, and bounded in size)."""
+    return [sys.executable, "-m", "avatar_manager", "register", f"--job={job['id']}"]
+
+
+def run_job(settings: Settings, store: Store, job_id: str) -> int:
+    """The child's side of a job: prepare, release the name and the upload, then record the outcome
+    (in that order: whoever hears it may register the name again at once). The exit status."""
+    job = store.get_doc("job", job_id)
+    if job is None or job["state"] in ("done", "failed"):
+        print(f"register: no job {job_id!r} to run", file=sys.stderr)
+        return 2
+    meta = job["meta"]
+    try:
+        try:
+            record = register(settings, store, Path(job["upload"]), job["avatar"], owner=meta.get("owner") or "",
+                              description=meta.get("description") or "", tts_model=meta.get("tts_model"),
+                              timbre=meta.get("timbre"), engine=meta.get("engine"))
+        finally:
+            unlock(store, job["avatar"])
+            shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
+    except RegistrationError as exc:
+        finish_job(store, job, error=exc.to_json())
+        print(f"register: {exc}", file=sys.stderr)
+        return 2
+    finish_job(store, job, record=record)
+    return 0
 
 
 def prune_jobs(store: Store, now: float, jobs: list[dict]) -> None:

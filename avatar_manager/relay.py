@@ -1,7 +1,8 @@
 """The manager relays an instance's signalling (LiveTalking's /offer, /human, ...), so a browser
 needs only the manager's port for it; the media itself still flows between browser and worker.
 The worker's answer comes back as it is: status, body and all. Its event stream (/sse) and its
-recordings (/record/<sessionid>) are streamed through."""
+recordings (/record/<sessionid>) are streamed through. Where API_TOKEN is set the workers require
+it, and the relay sends it (the client has shown it to the manager already)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import requests
 
+from contracts import auth
 from lipsync_worker.limits import MAX_FORM_BYTES, MAX_JSON_BYTES
 
 from .instances import Instance, State
@@ -69,12 +71,12 @@ def _unreachable(instance: Instance, path: str, exc: requests.RequestException, 
                            f"{type(exc).__name__}")
 
 
-def forward(instance: Instance, path: str, body: bytes, content_type: str) -> Answer:
+def forward(instance: Instance, path: str, body: bytes, content_type: str, api_token: str | None) -> Answer:
     """POST the body to the instance's worker, which must be RUNNING."""
     url = _worker_url(instance, path)
     try:
-        response = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=TIMEOUT,
-                                 allow_redirects=False)
+        response = requests.post(url, data=body, headers={"Content-Type": content_type, **auth.headers(api_token)},
+                                 timeout=TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:
         raise _unreachable(instance, path, exc, TIMEOUT[1]) from None
     return Answer(response.status_code, response.content, response.headers.get("Content-Type", "application/json"))
@@ -83,9 +85,10 @@ def forward(instance: Instance, path: str, body: bytes, content_type: str) -> An
 class Streams:
     """The relayed streams of this process, bounded by MAX_STREAMS."""
 
-    def __init__(self, limit: int = MAX_STREAMS) -> None:
+    def __init__(self, api_token: str | None, limit: int = MAX_STREAMS) -> None:
         self._free = threading.BoundedSemaphore(limit)
         self.limit = limit
+        self._headers = auth.headers(api_token)
 
     def open(self, instance: Instance, path: str, params: dict[str, str]) -> "Stream":
         """GET the worker's path as a stream; RelayError 503 when MAX_STREAMS are open already."""
@@ -93,7 +96,8 @@ class Streams:
         if not self._free.acquire(blocking=False):
             raise RelayError(503, f"this manager process relays {self.limit} streams already; try again later")
         try:
-            response = requests.get(url, params=params, stream=True, timeout=STREAM_TIMEOUT, allow_redirects=False)
+            response = requests.get(url, params=params, headers=self._headers, stream=True, timeout=STREAM_TIMEOUT,
+                                    allow_redirects=False)
         except requests.RequestException as exc:
             self._free.release()
             raise _unreachable(instance, path, exc, STREAM_TIMEOUT[1]) from None

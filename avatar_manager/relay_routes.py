@@ -68,7 +68,7 @@ def _answer(answer: relay.Answer) -> Response:
 
 def blueprint(pool: Pool, store: Store) -> Blueprint:
     routes = Blueprint("relay", __name__)
-    streams = relay.Streams()
+    streams = relay.Streams(pool.settings.api_token)
 
     @routes.before_request
     def body_limit():
@@ -119,7 +119,7 @@ def blueprint(pool: Pool, store: Store) -> Blueprint:
             avatar = None
         instance, _ = pool.start(key, avatar)
         try:
-            answer = relay.forward(instance, "offer", body, "application/json")
+            answer = relay.forward(instance, "offer", body, "application/json", pool.settings.api_token)
         except relay.RelayError:
             relayed_sessions.release(store, instance.avatar, instance.token)
             raise
@@ -133,7 +133,7 @@ def blueprint(pool: Pool, store: Store) -> Blueprint:
     def forwarding(path: str, summary: str, body: str):
         def view(key: str):
             return _answer(relay.forward(pool.find(key), path, request.get_data(),
-                                         request.content_type or "application/json"))
+                                         request.content_type or "application/json", pool.settings.api_token))
         view.__name__ = path
         view.__doc__ = _post_doc(path, summary, body)
         return _with_errors(view, indent=8)

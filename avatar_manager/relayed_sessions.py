@@ -14,6 +14,8 @@ from typing import Callable
 
 import requests
 
+from contracts import auth
+
 from .instances import Instance
 from .store.base import NotFound, Store
 
@@ -56,11 +58,11 @@ def release_gone(store: Store, instance: Instance, alive: Callable[[int], bool |
     return released
 
 
-def worker_has_session(port: int, sessionid: int) -> bool | None:
+def worker_has_session(port: int, sessionid: int, api_token: str | None) -> bool | None:
     """Whether the worker still has the session: its /is_speaking answers 404 once it is gone."""
     try:
         response = requests.post(f"http://127.0.0.1:{port}/is_speaking", json={"sessionid": sessionid},
-                                 timeout=ASK_TIMEOUT, allow_redirects=False)
+                                 headers=auth.headers(api_token), timeout=ASK_TIMEOUT, allow_redirects=False)
     except requests.RequestException:
         return None
     if response.status_code == 404:

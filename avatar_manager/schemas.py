@@ -35,7 +35,7 @@ class AvatarName(fields.String):
             kwargs.update(load_default=None)
         super().__init__(required=required and not optional, error_messages={"required": "missing", "null": "missing",
                                                                 "invalid": "must be a string"},
-                         metadata={"pattern": f"^([A-Za-z0-9_-]{{1,64}})?$" if optional else NAME_PATTERN,
+                         metadata={"pattern": "^([A-Za-z0-9_-]{1,64})?$" if optional else NAME_PATTERN,
                                    **kwargs.pop("metadata", {})}, **kwargs)
         self.optional = optional
 
@@ -58,7 +58,7 @@ class StrictBoolean(fields.Boolean):
 
 
 class FormText(fields.String):
-    """A free-text form field that ends up on a command line: bounded, no control characters
+    """A free-text form field, stored and shown as is: bounded, no control characters
     (`lines`: newlines and tabs allowed)."""
 
     def __init__(self, max_length: int, lines: bool = False, **kwargs) -> None:

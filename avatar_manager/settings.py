@@ -2,12 +2,15 @@
 so a wrong value stops the service at start with a one-line reason."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from contracts.cors import allowed_origins
+from lipsync_worker.bounds import DEFAULT as DEFAULT_BOUNDS
 from lipsync_worker.ice import parse_ice_servers
 from lipsync_worker.limits import MAX_JSON_BYTES
 from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
@@ -52,6 +55,28 @@ def _ice_servers(raw: str) -> list[dict]:
         raise ConfigError(str(exc)) from None
 
 
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _public_host(raw: str, host: str) -> str:
+    """PUBLIC_HOST: the address clients reach this host's workers at, as it goes into a URL (an
+    IPv6 address in brackets). Unset: AVATAR_MANAGER_HOST when it names one address, else
+    127.0.0.1 (a wildcard bind says nothing about which address clients use)."""
+    name = raw.strip() or host
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        if not _HOSTNAME.fullmatch(name) or len(name) > 253:
+            raise ConfigError(f"PUBLIC_HOST={raw!r} must be a host name or an IP address, without a "
+                              "scheme, port or path (e.g. avatars.example.com or 203.0.113.7)") from None
+        return name
+    if address.is_unspecified:
+        if raw.strip():
+            raise ConfigError(f"PUBLIC_HOST={raw!r} is a wildcard, not an address clients can reach")
+        return "127.0.0.1"
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
 def _cors_origins(env: dict) -> list[str]:
     try:
         return allowed_origins(env.get("CORS_ORIGINS"), token_set=bool(env.get("API_TOKEN")))
@@ -64,9 +89,11 @@ class Settings:
     data_dir: Path
     host: str
     port: int
+    public_host: str             # PUBLIC_HOST, URL-ready: where clients reach the workers (webrtc_url)
     base_port: int
     max_avatars: int
     log_dir: Path
+    log_retention_days: float    # instance logs older than this go (a running one's and each avatar's newest stay)
     redis_url: str | None
     gpu_ids: list[int] | None
     gpu_min_free_mb: int
@@ -84,6 +111,11 @@ class Settings:
     max_avatar_file_bytes: int   # uploads for registration (MAX_AVATAR_FILE_SIZE, in MB)
     register_timeout: float      # a registration still running after this is killed
     register_wait: float         # POST /avatar/register answers with the result within this, else 202
+    register_workers: int        # registrations prepared at once (REGISTER_WORKERS), in threads of their own
+    register_queue: int          # more waiting their turn (REGISTER_QUEUE); past that a 429
+    max_image_pixels: int        # a photo or one video frame (MAX_IMAGE_PIXELS), checked before decoding
+    max_video_pixels: int        # pixels decoded from a video's first 10 s (MAX_VIDEO_PIXELS)
+    register_memory_mb: int      # address space decoding an upload may add (REGISTER_MEMORY_MB); 0: unbounded
     ice_servers: list[dict]      # ICE_SERVERS, for the web console (workers read the same variable)
     chat: bool                   # LLM_URL is set, so workers (who inherit it) answer type "chat"
     connect_timeout: float       # WEBRTC_CONNECT_TIMEOUT: a worker drops a peer not connected by then
@@ -109,9 +141,11 @@ class Settings:
             data_dir=Path(env.get("AVATAR_DATA_DIR") or "data").resolve(),
             host=env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST,
             port=_port(env, "AVATAR_MANAGER_PORT", MANAGER_PORT),
+            public_host=_public_host(env.get("PUBLIC_HOST", ""), env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST),
             base_port=_port(env, "AVATAR_BASE_PORT", AVATAR_BASE_PORT),
             max_avatars=number(env, "MAX_AVATARS", 10, 1, int),
             log_dir=Path(env.get("LOG_DIR") or "logs").resolve(),
+            log_retention_days=number(env, "LOG_RETENTION_DAYS", 7.0, 0.0),
             redis_url=_redis_url(env.get("REDIS_URL", "")),
             gpu_ids=_gpu_ids(env.get("GPU_IDS", "")),
             gpu_min_free_mb=number(env, "GPU_MIN_FREE_MB", 6000, 0, int),
@@ -131,6 +165,11 @@ class Settings:
             max_avatar_file_bytes=int(number(env, "MAX_AVATAR_FILE_SIZE", 50.0, 0.001) * 1024 * 1024),
             register_timeout=number(env, "REGISTER_TIMEOUT", 300.0, 1.0),
             register_wait=number(env, "REGISTER_WAIT", 60.0, 0.0),
+            register_workers=number(env, "REGISTER_WORKERS", 2, 1, int),
+            register_queue=number(env, "REGISTER_QUEUE", 8, 0, int),
+            max_image_pixels=number(env, "MAX_IMAGE_PIXELS", DEFAULT_BOUNDS.max_pixels, 1, int),
+            max_video_pixels=number(env, "MAX_VIDEO_PIXELS", DEFAULT_BOUNDS.max_video_pixels, 1, int),
+            register_memory_mb=number(env, "REGISTER_MEMORY_MB", DEFAULT_BOUNDS.memory_mb, 0, int),
             ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
             chat=bool(env.get("LLM_URL")),
             connect_timeout=number(env, "WEBRTC_CONNECT_TIMEOUT", 30.0, 1.0),

@@ -11,21 +11,20 @@ import ctypes
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 
-from . import ports, procs, registration, relayed_sessions, systemd
+from . import ports, procs, reconcile, relayed_sessions, systemd
 from .instances import Instance, State
-from .logs import pump
+from .logs import prune_instance_logs, pump
 from .metrics import start_observation
+from .registration_jobs import RegistrationJobs
 from .settings import Settings
 from .store.base import Store, StoreError
 from .tts import TtsModel, TtsServers, table
@@ -54,13 +53,14 @@ class Supervisor:
         self.api_argv = api_argv
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir,
-                              settings.startup_timeout, settings.stop_timeout)
+                              settings.startup_timeout, settings.stop_timeout, settings.api_token)
         self.children: dict[str, Child] = {}
         self.busy: set[str] = set()            # avatars with a step in flight
         self.next_probe: dict[str, float] = {}  # avatar -> when to check its /health again
         self.tts_restart_at: dict[str, float] = {}  # TTS model -> when to start its dead server again
         self.tts_failures: dict[str, int] = {}
         self.misses: dict[str, int] = {}
+        self.next_scan = 0.0                   # when to look for workers of ours nobody owns
         self.lock = threading.Lock()           # guards children and busy
         self.steps = ThreadPoolExecutor(max_workers=max(4, settings.max_avatars), thread_name_prefix="step")
         self.leader = False
@@ -70,6 +70,8 @@ class Supervisor:
         self.signals: list[int] = []
         self.child_exited = False              # a SIGCHLD came: there may be strays to reap
         self.wakeup = threading.Event()
+        # Registrations in a pool of their own: an upload never delays a start or a stop.
+        self.registrations = RegistrationJobs(settings, store, self._shutting_down, self.wakeup.set)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -129,13 +131,11 @@ class Supervisor:
             self.ready_told = True
             log.info("ready: the API and the web console at %s/", self.settings.api_url)
         self._notice_exits()
-        for instance in self.store.list():
+        instances = self.store.list()
+        self._settle_workers(instances, now)
+        for instance in instances:
             self._step(instance, now)
-        jobs = self.store.list_docs("job")
-        for job in jobs:
-            if job["state"] == "queued" and f"job:{job['id']}" not in self.busy:
-                self._submit(f"job:{job['id']}", self.register, job)
-        registration.prune_jobs(self.store, now, jobs)
+        self.registrations.tick(now)
         for model in self.tts.reap():
             self._tts_failed(model.name, now)
         for name, due in list(self.tts_restart_at.items()):
@@ -247,7 +247,7 @@ class Supervisor:
 
     def _reap_strays(self) -> None:
         """Reap zombies re-parented to us (grandchildren of killed workers)."""
-        mine = {c.pid for c in self.children.values()} | self.tts.pids()
+        mine = {c.pid for c in self.children.values()} | self.tts.pids() | self.registrations.pids()
         if self.api is not None:
             mine.add(self.api.pid)
         for child in psutil.Process().children():
@@ -273,6 +273,8 @@ class Supervisor:
             return self._start_failed(instance, None, f"port {instance.port} is in use by another process")
         argv, env = command(self.settings, spec, instance)
         path = log_path(self.settings, instance)
+        prune_instance_logs(self.settings.log_dir, {path, *(log_path(self.settings, i) for i in self.store.list())},
+                            self.settings.log_retention_days)
         proc = procs.spawn(argv, env, path)
         with self.lock:
             self.children[avatar] = proc
@@ -286,7 +288,7 @@ class Supervisor:
             return current is None or current.state != State.STARTING or self._shutting_down()
 
         def healthy() -> bool:
-            health = procs.worker_health(instance.port, instance.token, timeout=0.5)
+            health = procs.worker_health(instance.port, instance.token, self.settings.api_token, timeout=0.5)
             return health is not None and health.get("ready", True) is True  # a model engine warms up first
 
         outcome = procs.wait_ready(proc, healthy, started + self.settings.startup_timeout - time.monotonic(),
@@ -336,11 +338,11 @@ class Supervisor:
     def probe(self, instance: Instance) -> None:
         """A worker that misses HEALTH_CHECK_MISSES health checks in a row is hung: kill it, restart it."""
         timeout = min(2.0, self.settings.health_check_interval)
-        health = procs.worker_health(instance.port, instance.token, timeout=timeout)
+        health = procs.worker_health(instance.port, instance.token, self.settings.api_token, timeout=timeout)
         if health is not None:
             self.misses.pop(instance.avatar, None)
-            relayed_sessions.release_gone(self.store, instance,
-                                          lambda sid: relayed_sessions.worker_has_session(instance.port, sid))
+            relayed_sessions.release_gone(self.store, instance, lambda sid: relayed_sessions.worker_has_session(
+                instance.port, sid, self.settings.api_token))
             self._reconcile(instance, int(health.get("sessions", 0)))
             return
         misses = self.misses[instance.avatar] = self.misses.get(instance.avatar, 0) + 1
@@ -371,33 +373,6 @@ class Supervisor:
             changes.update(connections=0, idle_since=now)
         if sessions != instance.sessions or len(changes) > 1:
             self.store.transition(instance.avatar, {State.RUNNING}, State.RUNNING, **changes)
-
-    def register(self, job: dict) -> None:
-        """Run a queued registration: the register command, a child of ours, bounded in time."""
-        job = {**job, "state": "preparing", "updated": time.time()}
-        self.store.put_doc("job", job["id"], job)
-        path = self.settings.log_dir / f"register_{job['avatar']}.log"
-        proc = procs.spawn(registration.job_argv(job), procs.child_env(keep=("REDIS_URL",)), path)
-        outcome = procs.Outcome.CANCELLED
-        try:
-            # Bounded, and given up at shutdown rather than holding the manager's exit for minutes.
-            outcome = procs.wait_ready(proc, lambda: False, self.settings.register_timeout, self._shutting_down)
-        finally:
-            if outcome != procs.Outcome.EXITED:
-                procs.kill_tree(proc, self.settings.stop_timeout)
-        done = self.store.get_doc("job", job["id"]) or job
-        if done["state"] not in ("done", "failed"):
-            # It crashed or ran out of time before it could release the name and its upload. (A
-            # finished child has released them itself, before telling anyone: the name may be
-            # taken again already, so it is not ours to unlock then.)
-            registration.unlock(self.store, job["avatar"])
-            shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
-            why = {procs.Outcome.CANCELLED: "registration stopped: the manager is shutting down",
-                   procs.Outcome.TIMED_OUT: f"registration did not finish within "
-                                            f"REGISTER_TIMEOUT={self.settings.register_timeout:g} s",
-                   }.get(outcome, f"registration failed (exit code {proc.returncode}): {procs.log_tail(path, 5)}")
-            registration.finish_job(self.store, done, error={"status": 500, "message": why})
-        log.info("registration of %s: %s", job["avatar"], (self.store.get_doc("job", job["id"]) or {}).get("state"))
 
     def stop(self, instance: Instance) -> None:
         """Kill the worker's whole tree, wait for its port to be free, then drop the record (or
@@ -433,25 +408,48 @@ class Supervisor:
     # --- leadership ----------------------------------------------------------------------------
 
     def adopt(self) -> None:
-        """Take over the workers and TTS servers a previous supervisor left running; forget the
-        dead ones."""
+        """Take over the workers and TTS servers a previous supervisor left running (or this one
+        ran while another held the lease): each worker is adopted, re-registered or stopped
+        (reconcile.py). Records whose worker is gone are carried on by the steps: a RUNNING one
+        restarted as a crash, a STARTING one started."""
         self.tts.adopt()
-        for instance in self.store.list():
-            if instance.state not in (State.RUNNING, State.STARTING) or not instance.pid:
-                continue
-            proc = self._find(instance)
-            if proc is not None and procs.worker_health(instance.port, instance.token):
+        self._settle_workers(self.store.list(), time.time(), scan=True)
+
+    def _settle_workers(self, instances: list[Instance], now: float, scan: bool = False) -> None:
+        """Our children the store does not record, and (every SCAN_EVERY s, or with `scan`)
+        workers of ours on the host that we do not own: each avatar's settled in a step."""
+        with self.lock:
+            unrecorded = reconcile.unrecorded(self.children, instances, self.busy)
+        found = [w for child in unrecorded if (w := procs.describe_worker(
+            child, self.settings.worker_module, self.settings.data_dir, self.settings.ports))]
+        if scan or now >= self.next_scan:
+            self.next_scan = now + reconcile.SCAN_EVERY
+            scanned = procs.find_workers(self.settings.worker_module, self.settings.data_dir, self.settings.ports)
+            with self.lock:
+                found += reconcile.strays(scanned, self.children, self.busy)
+        by_avatar: dict[str, list[procs.WorkerProcess]] = {}
+        for worker in found:
+            by_avatar.setdefault(worker.avatar, []).append(worker)
+        for avatar, workers in by_avatar.items():
+            self._submit(avatar, self._settle, workers)
+
+    def _settle(self, workers: list[procs.WorkerProcess]) -> None:
+        """Make the store know each of an avatar's workers, or stop it (reconcile.settle)."""
+        for worker in workers:
+            kept, how = reconcile.settle(self.store, worker, self.settings.api_token, self.settings.max_avatars,
+                                         time.time())
+            if kept:
                 with self.lock:
-                    self.children[instance.avatar] = proc
-                if instance.state == State.STARTING:
-                    self.store.transition(instance.avatar, {State.STARTING}, State.RUNNING,
-                                          ready_at=time.time(), reserved_mb=0)
-                log.info("%s: adopted pid %d on port %d", instance.avatar, proc.pid, instance.port)
-            elif instance.state == State.STARTING:
-                if proc is not None:
-                    procs.kill_tree(proc, self.settings.stop_timeout)
-                self.store.transition(instance.avatar, {State.STARTING}, State.STARTING, pid=0, pid_started=0.0)
-            # A RUNNING record whose process is gone is handled as a crash by the next tick.
+                    owned = self.children.get(worker.avatar) is worker.proc
+                    self.children[worker.avatar] = worker.proc
+                if not (owned and how == "adopted"):  # owned and recorded: a start just finished
+                    log.info("%s: pid %d on port %d %s", worker.avatar, worker.pid, worker.port, how)
+                continue
+            log.warning("%s: stopping pid %d on port %d: %s", worker.avatar, worker.pid, worker.port, how)
+            with self.lock:
+                if self.children.get(worker.avatar) is worker.proc:
+                    del self.children[worker.avatar]
+            self._kill(worker.avatar, worker.proc, worker.port)
 
     # --- the API server --------------------------------------------------------------------------
 
@@ -481,6 +479,7 @@ class Supervisor:
         """Stop every worker and TTS server this supervisor owns, then the API, then let go of the lease."""
         systemd.notify("STOPPING=1")
         self.steps.shutdown(wait=True, cancel_futures=True)
+        self.registrations.shutdown()
         with self.lock:
             owned = list(self.children.items())
             self.children.clear()

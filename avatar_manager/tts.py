@@ -61,8 +61,9 @@ class TtsServers:
     started (adopted). A server an operator runs on the model's port is used, not owned."""
 
     def __init__(self, models: dict[str, TtsModel], owner: str, log_dir: Path, startup_timeout: float,
-                 stop_timeout: float) -> None:
+                 stop_timeout: float, api_token: str | None) -> None:
         self.models = models
+        self.api_token = api_token  # our servers require it on /tts; /health stays open
         self.owner = owner  # marks our servers (in their environment), so we adopt no one else's
         self.log_dir = log_dir
         self.startup_timeout = startup_timeout
@@ -81,7 +82,7 @@ class TtsServers:
                 procs.kill_tree(proc, self.stop_timeout)  # ours, but not answering
             log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
             log.info("starting the %s TTS server on port %d", model.name, model.port)
-            proc = procs.spawn(model.argv(), procs.child_env(**{OWNER_ENV: self.owner}), log_path)
+            proc = procs.spawn(model.argv(), procs.service_env(self.api_token, **{OWNER_ENV: self.owner}), log_path)
             outcome = procs.wait_ready(proc, lambda: serving(model, timeout=0.5), self.startup_timeout, cancelled)
             if outcome == procs.Outcome.READY:
                 self._procs[model.name] = proc

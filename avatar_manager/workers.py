@@ -9,7 +9,7 @@ from contracts.cors import as_setting
 from lipsync_worker.avatar_config import read_config
 
 from .instances import Instance
-from .procs import child_env
+from .procs import service_env
 from .settings import Settings
 from .tts import TtsModel, model_for, table
 
@@ -57,9 +57,9 @@ def command(settings: Settings, spec: AvatarSpec, instance: Instance) -> tuple[l
             f"--transport={spec.transport}", f"--model={spec.engine}", f"--avatar_id={spec.name}",
             f"--max_session={spec.max_session}", f"--listenport={instance.port}",
             f"--tts={spec.tts.name}", f"--TTS_SERVER={spec.tts.url}", f"--REF_FILE={spec.timbre}"]
-    # The worker decides its CORS origins from CORS_ORIGINS and API_TOKEN; it never gets our token,
-    # so it gets the origins we decided, which then hold for the whole fleet.
-    env = child_env(INSTANCE_TOKEN=instance.token, AVATAR_DATA_DIR=str(settings.data_dir),
-                    CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "", PYTHONUNBUFFERED="1",
-                    CORS_ORIGINS=as_setting(settings.cors_origins))
+    # It requires our API token on its routes, and gets the CORS origins we decided, which then
+    # hold for the whole fleet.
+    env = service_env(settings.api_token, INSTANCE_TOKEN=instance.token, AVATAR_DATA_DIR=str(settings.data_dir),
+                      CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "", PYTHONUNBUFFERED="1",
+                      CORS_ORIGINS=as_setting(settings.cors_origins))
     return argv, env

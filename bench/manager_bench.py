@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/manager_bench.py [--clients 1 8 32] [--rates 320 800] [--seconds 5]
                                             [--cold-runs 5] [--slow-starts 3]
-                                            [--web-concurrency N] [--threads N]
+                                            [--web-concurrency N]
 
 Real managers (`python -m avatar_manager`: supervisor + gunicorn), each with its own temporary
 AVATAR_DATA_DIR and LOG_DIR and free ports, defaults otherwise; measured over HTTP on loopback.
@@ -490,10 +490,7 @@ def run(args, tmp: Path, managers: list[Manager]) -> None:
     env = {}
     if args.web_concurrency:
         env["WEB_CONCURRENCY"] = str(args.web_concurrency)
-    if args.threads:
-        env["GUNICORN_THREADS"] = str(args.threads)
-    gunicorn = (f"gunicorn gthread, WEB_CONCURRENCY={args.web_concurrency or 'default (2)'}, "
-                f"GUNICORN_THREADS={args.threads or 'default (32)'}")
+    gunicorn = f"gunicorn gevent, WEB_CONCURRENCY={args.web_concurrency or 'default (2)'}"
     print(f"machine: {machine()}; {gunicorn}; SQLite store", flush=True)
     busy = psutil.cpu_percent(interval=1.0) * (os.cpu_count() or 1)
     print(f"host before the run: {busy:.0f}% of one core busy", flush=True)
@@ -554,7 +551,6 @@ def main() -> None:
                         help="total requests/s of the paced (open-loop) rows")
     parser.add_argument("--skip-real", action="store_true", help="only the fake-worker phase")
     parser.add_argument("--web-concurrency", type=int, help="WEB_CONCURRENCY for the manager's gunicorn")
-    parser.add_argument("--threads", type=int, help="GUNICORN_THREADS for the manager's gunicorn")
     args = parser.parse_args()
     # Client threads hand the GIL over sooner than the default 5 ms, so it adds little latency.
     sys.setswitchinterval(0.0005)

@@ -1,4 +1,5 @@
-"""Avatar registration: an image and a 10-second video, through the API, end to end.
+"""Avatar registration: an image and a 10-second video, through the API, end to end; then upload
+bombs (bench/bombs.py), each refused, with the peak RSS of the registration child that refused it.
 
     .venv/bin/python bench/registration_bench.py [--image-runs 5] [--video-runs 2] [--video-seconds 10]
 
@@ -14,17 +15,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import bombs  # noqa: E402
 from bench.manager_bench import Manager, machine, with_managers  # noqa: E402
 
 
@@ -52,6 +56,57 @@ def register(manager: Manager, path: Path, name: str) -> tuple[float, float]:
     return elapsed, answer.json()["data"]["processing_seconds"]
 
 
+def peak_rss(pid: int) -> int:
+    """VmHWM of the process (its peak resident set so far), in bytes; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def refuse(manager: Manager, path: Path) -> tuple[float, int, str, int]:
+    """POST a bomb; (seconds, status, message, peak RSS of the registration child). The child's
+    high-water mark is read every 5 ms while the request runs."""
+    peak, stop = {}, threading.Event()
+
+    def watch() -> None:
+        root = psutil.Process(manager.proc.pid)
+        while not stop.is_set():
+            for child in root.children(recursive=True):
+                try:
+                    if "register" in child.cmdline():
+                        peak[child.pid] = max(peak.get(child.pid, 0), peak_rss(child.pid))
+                except psutil.Error:
+                    pass
+            time.sleep(0.005)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    with open(path, "rb") as f:
+        answer = requests.post(f"http://127.0.0.1:{manager.port}/avatar/register", timeout=600,
+                               data={"avatar_name": f"b{uuid.uuid4().hex[:8]}"}, files={"file": (path.name, f)})
+    elapsed = time.perf_counter() - started
+    stop.set()
+    watcher.join(timeout=5)
+    return elapsed, answer.status_code, answer.json()["message"], max(peak.values(), default=0)
+
+
+def run_bombs(tmp: Path, manager: Manager) -> None:
+    cases = [("PNG 13000x13000 RGBA, one colour", bombs.png_bomb(tmp / "big.png")),
+             ("MOV 16000x16000, one frame", bombs.mov_bomb(tmp / "big.mov")),
+             ("MP4 512x512, 4 frames an hour apart", bombs.slow_video(tmp / "slow.mp4")),
+             ("MOV 513x512 (odd width), 4 frames an hour apart", bombs.slow_video(tmp / "slow.mov", width=513)),
+             ("portrait PNG 512x512 (not a bomb: for comparison)", ROOT / "assets" / "astronaut.png")]
+    print("\n| upload | bytes | answer | refused in s | peak RSS of the registration child MB |")
+    print("|---|---|---|---|---|")
+    for label, path in cases:
+        seconds, status, message, rss = refuse(manager, path)
+        print(f"| {label} | {path.stat().st_size} | {status}: {message[:90]} | {seconds:.2f} | {rss / 2**20:.0f} |")
+
+
 def run(args, tmp: Path, managers: list[Manager]) -> None:
     manager = Manager(tmp, {"REGISTER_WAIT": "600", "WORKER_MODULE": "tests.fake_worker"})
     managers.append(manager)
@@ -71,6 +126,7 @@ def run(args, tmp: Path, managers: list[Manager]) -> None:
         prep = [p for _, p in times]
         print(f"| {label} | {size} | {runs} | {statistics.median(total):.2f} ({max(total):.2f}) "
               f"| {statistics.median(prep):.2f} |")
+    run_bombs(tmp, manager)
 
 
 def main() -> None:

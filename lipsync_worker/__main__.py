@@ -25,6 +25,8 @@ from .server import create_app
 from .session import Sessions
 from .settings import WorkerSettings, data_dir, from_args
 
+SHUTDOWN_SECONDS = 2.0
+
 
 def make_tts(settings: WorkerSettings) -> tuple[LocalTTS | FallbackTTS, str | None]:
     """The speech source and the voice to ask it for. espeak without a server runs in this
@@ -38,7 +40,7 @@ def make_tts(settings: WorkerSettings) -> tuple[LocalTTS | FallbackTTS, str | No
             return local, None
         return local, settings.voice
     url = settings.tts_server or f"http://127.0.0.1:{TTS_PORTS[model]}"
-    return FallbackTTS(TTSClient(url), local), settings.voice
+    return FallbackTTS(TTSClient(url, token=settings.api_token), local), settings.voice
 
 
 def prepare(argv: list[str]) -> int:
@@ -97,11 +99,14 @@ def serve(argv: list[str]) -> int:
            if settings.llm_url else None)
     stage = Stage(IdleAnimation(avatar), engine)
     sessions = Sessions(stage, engine.new_state, settings.max_session, settings.ice_servers,
-                        settings.connect_timeout)
+                        settings.connect_timeout, max_connecting_per_client=settings.max_connecting_per_client)
     app = create_app(settings, avatar, stage, sessions, tts, voice, llm)
     logging.getLogger("lipsync_worker").info(
         "avatar %s (%s engine) on http://%s:%d", avatar.name, engine.name, settings.host, settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    # Requests still running at SIGTERM (an upload trickling in) get SHUTDOWN_SECONDS, well inside
+    # the manager's STOP_TIMEOUT, not aiohttp's default of 60 s.
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                shutdown_timeout=SHUTDOWN_SECONDS)
     return 2 if app["failed"] else 0
 
 

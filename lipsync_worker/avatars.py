@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 
 from . import intake
+from .bounds import DEFAULT as DEFAULT_BOUNDS
+from .bounds import Bounds, check_picture, memory_limit, video_pixels_refusal
 from .avatar_config import DEFAULT_CONFIG, FORMAT, NAME, AvatarError, avatar_dir, is_livetalking, read_config
 
 if TYPE_CHECKING:
@@ -105,44 +107,75 @@ def detect_eyes(frame: np.ndarray, face: Box) -> list[Box]:
 MIN_SIDE = 64  # px: the smallest face the quality checks accept (quality.MIN_FACE_PX)
 
 
-def read_frames(source: Path, max_seconds: float, max_side: int) -> tuple[list[np.ndarray], str]:
-    """Frames of an image (one) or a video (sampled at 25 fps, cut to max_seconds), scaled down
-    as they are read (ten seconds of 4K held at full size would take gigabytes)."""
+def read_frames(source: Path, max_seconds: float, max_side: int,
+                bounds: Bounds = DEFAULT_BOUNDS) -> tuple[list[np.ndarray], str]:
+    """Frames of an image (one) or a video (sampled at 25 fps by their timestamps, cut to
+    max_seconds), scaled down as they are read (ten seconds of 4K held at full size would take
+    gigabytes). A source frame held for several 1/25 s is one array listed several times, so the
+    work and memory it costs are those of the frames that really exist, whatever their timing.
+    TooCostly when a frame or the pixels decoded exceed `bounds` (metadata may have lied)."""
+    bounds = replace(bounds, max_seconds=max_seconds)
+
     def fit(frame: np.ndarray) -> np.ndarray:
+        check_picture(frame.shape[1], frame.shape[0], bounds, "a frame of the video")
         scale = max_side / max(frame.shape[:2])
-        return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else frame
+        if scale < 1:
+            frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        h, w = frame.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise AvatarError(f"the picture is {w}x{h} px: too small to hold a face (at least {MIN_SIDE} px a side)")
+        # Even sizes: video encoders want them.
+        return np.ascontiguousarray(frame[:h - h % 2, :w - w % 2])
 
     image = cv2.imread(str(source), cv2.IMREAD_COLOR)
     if image is not None:
-        frames, kind = [fit(image)], "image"
-    else:
-        capture = cv2.VideoCapture(str(source))
-        try:
-            if not capture.isOpened():
-                raise AvatarError(f"{source} is neither an image nor a video OpenCV can read")
-            fps = capture.get(cv2.CAP_PROP_FPS) or FPS
-            # Resample to 25 fps as we go: keep the source frame nearest to each 1/25 s.
-            frames, index = [], 0
-            while index < max_seconds * fps:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                if round(len(frames) * fps / FPS) <= index:
-                    frame = fit(frame)
-                    while round(len(frames) * fps / FPS) <= index:  # a slow source repeats frames
-                        frames.append(frame)
-                index += 1
-        finally:
-            capture.release()
-        if not frames:
-            raise AvatarError(f"{source} is neither an image nor a video OpenCV can read (no frames)")
-        kind = "video"
-    h, w = frames[0].shape[:2]
-    if min(h, w) < MIN_SIDE:
-        raise AvatarError(f"the picture is {w}x{h} px: too small to hold a face (at least {MIN_SIDE} px a side)")
-    # Even sizes: video encoders want them.
-    h, w = h - h % 2, w - w % 2
-    return [np.ascontiguousarray(f[:h, :w]) for f in frames], kind
+        return [fit(image)], "image"
+    frames = _sample(source, max_seconds, fit, bounds)
+    if any(f.shape != frames[0].shape for f in frames):
+        raise AvatarError("the video's frames change size; send a video of one size throughout")
+    return frames, "video"
+
+
+def _sample(source: Path, max_seconds: float, fit: Callable[[np.ndarray], np.ndarray],
+            bounds: Bounds) -> list[np.ndarray]:
+    """Output frame k shows the source frame on screen at k/25 s (the latest one shown by then)."""
+    slots = round(max_seconds * FPS)
+    frames: list[np.ndarray] = []
+    shown: np.ndarray | None = None    # the latest source frame,
+    fitted: np.ndarray | None = None   # and it scaled, once it fills a slot
+
+    def hold(until: float) -> None:
+        """The shown frame fills the slots before `until` seconds (1e-6: float error at a boundary)."""
+        nonlocal fitted
+        while shown is not None and len(frames) < min(FPS * until - 1e-6, slots):
+            fitted = fitted if fitted is not None else fit(shown)
+            frames.append(fitted)
+
+    capture = cv2.VideoCapture(str(source))
+    try:
+        if not capture.isOpened():
+            raise AvatarError(f"{source} is neither an image nor a video OpenCV can read")
+        decoded, at, interval = 0, 0.0, 1 / FPS
+        while len(frames) < slots:
+            ok, frame = capture.read()
+            if not ok:  # the last frame lasts as long as the one before it
+                hold(at + interval)
+                break
+            now = min(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000, max_seconds)
+            hold(now)
+            if now >= max_seconds:
+                break
+            decoded += frame.shape[0] * frame.shape[1]
+            if decoded > bounds.max_video_pixels:
+                raise video_pixels_refusal(decoded, frame.shape[1], frame.shape[0], bounds)
+            if shown is not None and now > at:
+                interval = now - at
+            shown, fitted, at = frame, None, now
+    finally:
+        capture.release()
+    if not frames:
+        raise AvatarError(f"{source} is neither an image nor a video OpenCV can read (no frames)")
+    return frames
 
 
 def find_regions(frames: list[np.ndarray], detected: list[list[Box]] | None = None) -> list[Regions]:
@@ -189,19 +222,28 @@ def avatar_lock(data_dir: Path, name: str):
 
 
 def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.0, max_side: int = 720,
-            overrides: dict | None = None, workdir: Path | None = None) -> Prepared:
+            overrides: dict | None = None, workdir: Path | None = None,
+            bounds: Bounds = DEFAULT_BOUNDS) -> Prepared:
     """Make avatars/NAME from a photo or a video, whatever its file name says; atomic: complete or
-    absent. Refusals (intake.UnsupportedMedia, quality.QualityError, AvatarError) write nothing.
-    `workdir` holds converted copies (HEIC, rotated photos); a temporary folder when None."""
+    absent. Refusals (intake.UnsupportedMedia, bounds.TooCostly, quality.QualityError,
+    AvatarError) write nothing. `workdir` holds converted copies (HEIC, rotated photos); a
+    temporary folder when None."""
     from . import quality  # it builds on this module's detectors
 
     started = time.monotonic()
     target = avatar_dir(data_dir, name)
+    bounds = replace(bounds, max_seconds=max_seconds)
     with contextlib.ExitStack() as stack:
         scratch = workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="avatar-intake-"))
-        media = intake.identify(Path(source), Path(scratch))
-        frames, _ = read_frames(media.path, max_seconds, max_side)
-    detected = [quality.find_faces(frame) for frame in frames]
+        with memory_limit(bounds.memory_mb):  # decoding is where a small file turns into gigabytes
+            media = intake.identify(Path(source), Path(scratch), bounds)
+            frames, _ = read_frames(media.path, max_seconds, max_side, bounds)
+    # A held source frame is listed once per slot it fills, as one array: detect its faces once.
+    faces_of: dict[int, list[Box]] = {}
+    for frame in frames:
+        if id(frame) not in faces_of:
+            faces_of[id(frame)] = quality.find_faces(frame)
+    detected = [faces_of[id(frame)] for frame in frames]
     verdict = quality.assess(frames, detected)  # refusals raise here, before anything is written
     regions = find_regions(frames, detected)
     box = np.median([r.face for r in regions], axis=0).round().astype(int).tolist()

@@ -4,6 +4,9 @@ Accepted: JPEG, PNG, WebP, GIF, HEIC/HEIF, MP4, MOV and WebM. A GIF, animated or
 still avatar from its first frame: GIF timing is irregular and 256 colours make a poor talking
 video. An animated WebP is treated the same way.
 
+Nothing is decoded before its size is known to be within bounds.Bounds: an image's header gives
+its size, a video's container its frame size, rate and length.
+
 Images are decoded in full by Pillow first, because OpenCV decodes a truncated JPEG without a
 word (a grey lower half and all). Images OpenCV would get wrong are written to `workdir` as an
 upright RGB PNG: HEIC (OpenCV has no decoder), GIF, animated WebP, EXIF-rotated phone photos
@@ -18,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import av
 import cv2
 import filetype
 import pillow_heif
 from PIL import Image, ImageOps
 
 from .avatar_config import AvatarError
+from .bounds import DEFAULT, Bounds, TooCostly, check_picture, megapixels, video_pixels_refusal
 
 pillow_heif.register_heif_opener()
 
@@ -43,6 +48,7 @@ AVIF_BRANDS = {"avif", "avis"}
 # full-size PNG of a 48 MP phone photo takes seconds to write.
 CONVERT_MAX_SIDE = 2048
 ORIENTATION = 0x0112  # the EXIF tag
+UNDECODABLE = "the video cannot be decoded: it is truncated, corrupt or in a codec this server lacks"
 
 
 class UnsupportedMedia(AvatarError):
@@ -94,18 +100,49 @@ def sniff(path: Path) -> str:
     return "text/plain" if _is_text(head) else "unknown"
 
 
-def identify(path: Path, workdir: Path) -> Media:
-    """What `path` is, as a Media OpenCV can read; UnsupportedMedia or AvatarError say why not."""
+def identify(path: Path, workdir: Path, bounds: Bounds = DEFAULT) -> Media:
+    """What `path` is, as a Media OpenCV can read; UnsupportedMedia, TooCostly (beyond `bounds`)
+    or AvatarError say why not."""
     path = Path(path)
     if not path.is_file():
         raise AvatarError(f"{path} is not a file")
     mime = sniff(path)
     if mime in VIDEOS:
+        probe_video(path, bounds)  # before OpenCV decodes even one frame
         _check_video(path)
         return Media(path, "video", VIDEOS[mime])
     if mime not in IMAGES:
         raise UnsupportedMedia(mime, path.name)
-    return _image(path, IMAGES[mime], Path(workdir))
+    return _image(path, IMAGES[mime], Path(workdir), bounds)
+
+
+def probe_video(path: Path, bounds: Bounds) -> None:
+    """Refuse, from the container's metadata alone, a video whose frames are too large, too few a
+    second, or too many pixels in all within its first bounds.max_seconds."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise AvatarError("the file holds no video stream")
+            stream = container.streams.video[0]
+            width, height, rate = stream.width, stream.height, stream.average_rate
+            seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                       else container.duration / av.time_base if container.duration else None)
+            frames = stream.frames
+    except av.FFmpegError:
+        raise AvatarError(UNDECODABLE) from None
+    check_picture(width, height, bounds, "a frame of the video")
+    if not rate and frames and seconds:
+        rate = frames / seconds
+    if rate and float(rate) < bounds.min_fps and (frames or 0) != 1:
+        length = f"{frames} frames in {seconds:.0f} s" if frames and seconds else "by its metadata"
+        raise AvatarError(f"the video has {float(rate):.3g} frames a second ({length}); an avatar video needs at "
+                          f"least {bounds.min_fps:g}: send a photo, or a video at a normal frame rate")
+    cut = min(seconds or bounds.max_seconds, bounds.max_seconds)
+    expected = float(rate) * cut if rate else frames
+    if expected:
+        pixels = width * height * min(expected, frames or expected)
+        if pixels > bounds.max_video_pixels:
+            raise video_pixels_refusal(pixels, width, height, bounds)
 
 
 def _check_video(path: Path) -> None:
@@ -115,22 +152,28 @@ def _check_video(path: Path) -> None:
     finally:
         capture.release()
     if not readable:
-        raise AvatarError("the video cannot be decoded: it is truncated, corrupt or in a codec this server lacks")
+        raise AvatarError(UNDECODABLE)
 
 
-def _image(path: Path, fmt: str, workdir: Path) -> Media:
+def _image(path: Path, fmt: str, workdir: Path, bounds: Bounds) -> Media:
+    # Pillow's own guard too (it refuses at twice this), for what our check below cannot see.
+    Image.MAX_IMAGE_PIXELS = bounds.max_pixels
     try:
         # formats=: decode as what the content says, whatever the name. load() decodes all of it,
         # so a truncated file raises here (PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False).
         with Image.open(path, formats=[PILLOW_FORMATS[fmt]]) as image:
+            check_picture(*image.size, bounds)  # open() read the header only
             image.load()
             rotated = image.getexif().get(ORIENTATION, 1) not in (None, 1)
             transparent = "A" in image.getbands() or "transparency" in image.info
             if not (fmt in ("heic", "gif") or getattr(image, "is_animated", False) or rotated or transparent):
                 return Media(path, "image", fmt)
             return Media(_upright_png(image, workdir), "image", fmt)
-    except Image.DecompressionBombError as exc:
-        raise AvatarError(f"the image is too large to decode safely ({exc})") from exc
+    except AvatarError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's guard: over twice its limit, before our check
+        raise TooCostly(f"the picture has more than {megapixels(2 * bounds.max_pixels)}; at most "
+                        f"{megapixels(bounds.max_pixels)} (MAX_IMAGE_PIXELS): scale it down and send it again") from None
     except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for broken data
         raise AvatarError(f"the image is truncated or corrupt ({exc})") from exc
 

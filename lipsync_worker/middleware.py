@@ -1,5 +1,5 @@
 """What every worker route shares: bounded body reading, errors as {"code": -1, "msg"} with a 4xx,
-and one log line per request."""
+the API token where one is set, and one log line per request."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
+from contracts import auth
 from contracts.openapi import load
 
 from .limits import MAX_JSON_BYTES
@@ -125,3 +126,9 @@ async def errors(request: web.Request, handler):
             raise
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return web.json_response({"code": -1, "msg": exc.text or exc.reason}, status=exc.status, headers=allow)
+
+
+def require_token(token: str | None, open_paths: tuple[str, ...]):
+    """401 {"code": -1, "msg"} for a request without the token, on every path but `open_paths`."""
+    return auth.middleware(token, open_paths, lambda message: web.json_response({"code": -1, "msg": message},
+                                                                                status=401))

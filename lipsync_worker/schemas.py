@@ -60,7 +60,8 @@ class HumanAudioSchema(Body):
 
     sessionid = SessionId(required=True)
     file = fields.Raw(required=True, metadata={"type": "string", "format": "binary",
-                                               "description": "a wav, mp3 or ogg file of at most 20 MB"})
+                                               "description": "a wav, mp3, ogg or flac file of at most 20 MB and "
+                                                              "MAX_AUDIO_SECONDS (120 s)"})
 
 
 class SessionRequestSchema(Body):
@@ -89,15 +90,16 @@ class ErrorSchema(Body):
 class HealthSchema(Body):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "warming"]))
     ready = fields.Boolean(required=True, metadata={"description": "false while a model engine loads"})
-    instance_token = fields.String(required=True)
-    pid = fields.Integer(required=True)
-    avatar = fields.String(required=True)
-    engine = fields.String(required=True)
-    sessions = fields.Integer(required=True)
-    max_session = fields.Integer(required=True)
-    speaking_sessions = fields.Integer(required=True)
-    fps = fields.Float(required=True)
-    uptime_seconds = fields.Float(required=True)
+    # The rest only to a caller with the API token, where one is set (see /health).
+    instance_token = fields.String()
+    pid = fields.Integer()
+    avatar = fields.String()
+    engine = fields.String()
+    sessions = fields.Integer()
+    max_session = fields.Integer()
+    speaking_sessions = fields.Integer()
+    fps = fields.Float()
+    uptime_seconds = fields.Float()
 
 
 # --- /record and /set_audiotype (recording.py, clips.py) ------------------------------------------

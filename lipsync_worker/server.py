@@ -16,8 +16,9 @@ import aiohttp_cors
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contracts import auth
 from contracts.openapi import aiohttp_document, load
-from tts_services.audio import decode_file
+from tts_services.audio import AudioTooLong, decode_file
 from tts_services.engines.base import AudioChunk
 
 from .avatars import Avatar
@@ -25,18 +26,24 @@ from .limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES
 from .llm import ChatLLM
 from .media import Stage
 from .metrics import METRICS
-from .middleware import ClientError, access_log, checked, errors, read_form, read_json
+from .middleware import ClientError, access_log, checked, errors, read_form, read_json, require_token
 from .playback_routes import add_playback_routes
 from .recording import Recorder
 from .schemas import SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema, SessionRequestSchema
 from .session import CapacityError, Session, Sessions, chat_reply, sentence
 from .settings import WorkerSettings
+from .speech import SAMPLE_RATE, text_seconds
 
 log = logging.getLogger("lipsync_worker")
 
 PAGE = Path(__file__).parent / "web" / "index.html"
 KEEPALIVE = b": keep-alive\n\n"
 CORS_HEADERS = ("Content-Type", "Authorization")
+PAGE_PATHS = ("/", "/index.html", "/webrtcapi.html")   # LiveTalking's page names: bookmarks keep working
+# What answers without the API token: these reveal nothing a caller could act on.
+OPEN_PATHS = ("/health", "/openapi.json", *PAGE_PATHS)
+UNAUTHORIZED = {"description": auth.REFUSAL,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 def _ok(**data) -> web.Response:
@@ -54,7 +61,8 @@ def enable_cors(app: web.Application, origins: list[str]) -> None:
 
 def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions: Sessions, tts,
                voice: str | None, llm: ChatLLM | None) -> web.Application:
-    app = web.Application(client_max_size=MAX_FORM_BYTES, middlewares=[access_log, errors])
+    app = web.Application(client_max_size=MAX_FORM_BYTES,
+                          middlewares=[access_log, errors, require_token(settings.api_token, OPEN_PATHS)])
     app["failed"] = False
     started = time.monotonic()
     engine = stage.engine
@@ -68,6 +76,17 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
 
     def speak(text: str):
         return tts.stream(text, voice=voice)
+
+    def check_room(session: Session, seconds: float, interrupting: bool = False) -> None:
+        """429 when `seconds` more speech would take the session's queue past
+        MAX_QUEUED_SPEECH_SECONDS. An idle session (or one being interrupted) takes any single
+        request: its size is bounded by MAX_TEXT_CHARS or MAX_AUDIO_SECONDS already."""
+        queued = 0.0 if interrupting else session.queued_seconds
+        limit = settings.max_queued_speech_seconds
+        if queued and queued + seconds > limit:
+            raise ClientError(429, f"session {session.id} has {queued:.0f} s of speech still to say and this adds "
+                                   f"~{seconds:.0f} s, past MAX_QUEUED_SPEECH_SECONDS={limit:g}; send it when "
+                                   "more has been said, or with interrupt: true")
 
     async def offer(request: web.Request) -> web.Response:
         """Start a WebRTC session: the browser's SDP offer in, the worker's answer out.
@@ -88,7 +107,9 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             400: {description: not an SDP offer, content: {application/json: {schema: Error}}}
             408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
             413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
-            429: {description: max_session sessions already open, content: {application/json: {schema: Error}}}
+            429:
+              description: max_session sessions open, or MAX_CONNECTING_PER_CLIENT offers from this address connecting
+              content: {application/json: {schema: Error}}
             503: {description: the engine is still loading, content: {application/json: {schema: Error}}}
         """
         try:
@@ -98,7 +119,7 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         if not engine.ready:
             raise ClientError(503, f"the {engine.name} engine is still loading; try again when /health says ready")
         try:
-            session = await sessions.offer(body["sdp"], body["type"])
+            session = await sessions.offer(body["sdp"], body["type"], request.remote or "")
         except CapacityError as exc:
             raise ClientError(429, str(exc)) from None
         except ValueError as exc:
@@ -122,6 +143,9 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             404: {description: no such session, content: {application/json: {schema: Error}}}
             408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
             413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+            429:
+              description: the session has MAX_QUEUED_SPEECH_SECONDS of speech queued already
+              content: {application/json: {schema: Error}}
         """
         body = checked(HumanSchema, await read_json(request))
         session = find(body["sessionid"])
@@ -131,12 +155,15 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         if kind == "chat" and llm is None:
             raise ClientError(400, "chat needs an LLM: set LLM_URL (an OpenAI-compatible API base), "
                                    "LLM_MODEL and LLM_API_KEY for this worker")
+        # A chat turn is reckoned by its question; its reply counts as it is synthesised.
+        seconds = text_seconds(text)
+        check_room(session, seconds, interrupting=body["interrupt"])
         if body["interrupt"]:
             session.interrupt()
         if kind == "echo":
-            session.talk(sentence(text, speak(text)), "echo")
+            session.talk(sentence(text, speak(text)), "echo", seconds)
         else:
-            session.talk(chat_reply(llm, session, text, speak), "chat")
+            session.talk(chat_reply(llm, session, text, speak), "chat", seconds)
         return _ok(msg="ok")
 
     async def human_audio(request: web.Request) -> web.Response:
@@ -154,7 +181,12 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             400: {description: not a form with sessionid and a readable audio file, content: {application/json: {schema: Error}}}
             404: {description: no such session, content: {application/json: {schema: Error}}}
             408: {description: the form did not arrive in time, content: {application/json: {schema: Error}}}
-            413: {description: file larger than 20 MB, content: {application/json: {schema: Error}}}
+            413:
+              description: file larger than 20 MB, or longer than MAX_AUDIO_SECONDS (120 s)
+              content: {application/json: {schema: Error}}
+            429:
+              description: the session has MAX_QUEUED_SPEECH_SECONDS of speech queued already
+              content: {application/json: {schema: Error}}
         """
         form = await read_form(request)
         fields = checked(HumanAudioSchema, {k: form[k] for k in ("sessionid", "file") if k in form})
@@ -162,18 +194,26 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         upload = fields["file"]
         if isinstance(upload, str):
             raise ClientError(400, "file: must be an uploaded wav, mp3 or ogg file, not a text field")
-        data = upload.file.read(MAX_AUDIO_BYTES + 1)
-        if len(data) > MAX_AUDIO_BYTES:
+        if upload.file.seek(0, os.SEEK_END) > MAX_AUDIO_BYTES:
             raise ClientError(413, f"audio file larger than {MAX_AUDIO_BYTES // (1024 * 1024)} MB")
+        upload.file.seek(0)
+        check_room(session, 0.0)   # a full queue is refused before any decoding
+        limit = settings.max_audio_seconds
         try:
-            pcm = await asyncio.to_thread(decode_file, data)
+            # From aiohttp's temporary file of the upload: the compressed file is never all in memory.
+            pcm = await asyncio.to_thread(decode_file, upload.file, limit)
+        except AudioTooLong:
+            raise ClientError(413, f"{upload.filename or 'file'}: longer than MAX_AUDIO_SECONDS={limit:g}") from None
         except ValueError as exc:
             raise ClientError(400, f"{upload.filename or 'file'}: {exc}") from None
+        session = find(fields["sessionid"])   # it may have closed while the file was decoded
+        seconds = len(pcm) / 2 / SAMPLE_RATE
+        check_room(session, seconds)
 
         async def chunks():
             yield AudioChunk(pcm)
 
-        session.talk(sentence("", chunks()), "audio")
+        session.talk(sentence("", chunks()), "audio", seconds)
         return _ok(msg="ok")
 
     async def interrupt_talk(request: web.Request) -> web.Response:
@@ -274,11 +314,17 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         ---
         get:
           summary: Health, instance token and load
+          description: >
+            Open to anyone. Where an API token is set, only a caller that sends it gets more than
+            status and ready: the instance token is what the supervisor checks the worker by.
           responses:
             200: {description: the worker's state, content: {application/json: {schema: Health}}}
         """
+        state = {"status": "ok" if engine.ready else "warming", "ready": engine.ready}
+        if not auth.authorized(request.headers.get("Authorization"), settings.api_token):
+            return web.json_response(state)
         return web.json_response({
-            "status": "ok" if engine.ready else "warming", "ready": engine.ready, "instance_token": settings.instance_token, "pid": os.getpid(),
+            **state, "instance_token": settings.instance_token, "pid": os.getpid(),
             "avatar": avatar.name, "engine": settings.model, "sessions": len(sessions),
             "max_session": settings.max_session,
             "speaking_sessions": sum(s.speaking for s in sessions), "fps": stage.fps,
@@ -331,6 +377,8 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         """
         if not document:  # made at first use, when every route (and its CORS preflight) is in
             document.update(aiohttp_document(app, "lip-sync worker", "1.0", SCHEMAS))
+            if settings.api_token:
+                auth.document(document, OPEN_PATHS, UNAUTHORIZED)
         return web.json_response(document)
 
     async def warm_up() -> None:
@@ -365,7 +413,7 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
     app.router.add_get("/sse", events)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
-    for path in ("/", "/index.html", "/webrtcapi.html"):  # LiveTalking's page names: bookmarks keep working
+    for path in PAGE_PATHS:
         app.router.add_get(path, page)
     app.router.add_get("/openapi.json", openapi)
     # /set_audiotype and /record (playback_routes.py)

@@ -19,6 +19,7 @@ from .media import QueueTrack, Stage
 from .metrics import METRICS
 from .narration import NarratedSpeech
 from .recording import Recording
+from .speech import SAMPLE_RATE
 
 log = logging.getLogger("lipsync_worker.session")
 
@@ -33,9 +34,11 @@ class CapacityError(Exception):
 
 
 class Session:
-    def __init__(self, session_id: int, pc: RTCPeerConnection, engine_state: object, events: EventBus) -> None:
+    def __init__(self, session_id: int, pc: RTCPeerConnection, engine_state: object, events: EventBus,
+                 client: str = "") -> None:
         self.id = session_id
         self.pc = pc
+        self.client = client   # the address its offer came from
         self.events = events
         self.video = QueueTrack("video")
         self.audio = QueueTrack("audio")
@@ -47,7 +50,8 @@ class Session:
         self.on_shared_stream = False
         self.history: list[dict] = []
         self.expiry: asyncio.Task | None = None
-        self._talks: set[asyncio.Task] = set()
+        # Each queued or speaking utterance, and the samples of it reckoned still to be synthesised.
+        self._talks: dict[asyncio.Task, int] = {}
         self._turn = asyncio.Lock()
         # /set_audiotype and /record (clips.py, recording.py)
         self.clip = ClipPlayer()
@@ -63,18 +67,27 @@ class Session:
     def speaking(self) -> bool:
         return self.speech.pending > 0 or self._producing()
 
-    def talk(self, sentences: Sentences, kind: str) -> None:
-        """Queue an utterance; it plays after what is already queued, streaming as it comes."""
+    @property
+    def queued_seconds(self) -> float:
+        """Speech this session has still to say: synthesised and unplayed, plus the reckoned
+        length of what is not synthesised yet (speech.text_seconds)."""
+        return (self.speech.pending + sum(self._talks.values())) / SAMPLE_RATE
+
+    def talk(self, sentences: Sentences, kind: str, seconds: float) -> None:
+        """Queue an utterance reckoned to last `seconds`; it plays after what is already queued,
+        streaming as it comes."""
         task = asyncio.create_task(self._talk(sentences, kind))
-        self._talks.add(task)
+        self._talks[task] = int(seconds * SAMPLE_RATE)
         task.add_done_callback(self._talked)
 
     def _talked(self, task: asyncio.Task) -> None:
-        self._talks.discard(task)
+        # Here, not in _talk: a task cancelled before it started never runs its own finally.
+        self._talks.pop(task, None)
         # Synthesis may end after the last samples played: the silence starts now, then.
         self.speech.settle()
 
     async def _talk(self, sentences: Sentences, kind: str) -> None:
+        me = asyncio.current_task()
         async with self._turn:
             METRICS.utterances.labels(kind).inc()
             try:
@@ -85,6 +98,10 @@ class Session:
                             self.speech.begin_sentence(kind, text)
                             started = True
                         self.speech.append(chunk)
+                        # Synthesised now: it counts in speech.pending instead.
+                        self._talks[me] = max(0, self._talks[me] - len(chunk.pcm) // 2)
+                        # The next chunk is pulled from the TTS stream only once playback catches up.
+                        await self.speech.room()
             except (TTSError, LLMError) as exc:
                 log.warning("session %s: %s failed: %s", self.id, kind, exc)
 
@@ -112,11 +129,15 @@ class Sessions:
     """Every session of this worker: created by /offer, gone when its peer closes or fails."""
 
     def __init__(self, stage: Stage, engine_state: Callable[[], object], max_sessions: int,
-                 ice_servers: list, connect_timeout: float, events: EventBus | None = None) -> None:
+                 ice_servers: list, connect_timeout: float, events: EventBus | None = None,
+                 max_connecting_per_client: int | None = None) -> None:
         self.stage = stage
         self.events = events or EventBus()
         self._engine_state = engine_state
         self.max_sessions = max_sessions
+        # An offer holds its slot until it connects or WEBRTC_CONNECT_TIMEOUT passes: without this,
+        # one client's offers that never connect could take every slot. None: no such limit.
+        self.max_connecting_per_client = max_connecting_per_client
         self._ice_servers = ice_servers
         self._connect_timeout = connect_timeout
         self._sessions: dict[int, Session] = {}
@@ -130,8 +151,18 @@ class Sessions:
     def get(self, session_id: int) -> Session | None:
         return self._sessions.get(session_id)
 
-    async def offer(self, sdp: str, kind: str) -> Session:
-        """Answer a browser's offer; ValueError for a bad SDP, CapacityError when full."""
+    def connecting(self, client: str) -> int:
+        """Sessions offered from `client` and not connected yet."""
+        return sum(1 for s in self._sessions.values() if s.client == client and s.pc.connectionState != "connected")
+
+    async def offer(self, sdp: str, kind: str, client: str = "") -> Session:
+        """Answer the offer of a browser at address `client`; ValueError for a bad SDP,
+        CapacityError when full or when that client has too many offers still connecting."""
+        limit = self.max_connecting_per_client
+        if limit is not None and self.connecting(client) >= limit:
+            raise CapacityError(f"{client} already has {limit} sessions still connecting "
+                                f"(MAX_CONNECTING_PER_CLIENT={limit}); try again when one connects, or after "
+                                f"WEBRTC_CONNECT_TIMEOUT ({self._connect_timeout:g} s) drops it")
         if len(self._sessions) >= self.max_sessions:
             raise CapacityError(f"this avatar already has {self.max_sessions} sessions (max_session); "
                                 "try again when one closes")
@@ -139,7 +170,7 @@ class Sessions:
         while session_id in self._sessions:
             session_id = secrets.randbelow(900000) + 100000
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
-        session = Session(session_id, pc, self._engine_state(), self.events)
+        session = Session(session_id, pc, self._engine_state(), self.events, client)
         self._sessions[session_id] = session  # holds the slot while the answer is made
         try:
             pc.addTrack(session.audio)

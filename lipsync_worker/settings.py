@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiortc import RTCIceServer
 
+from contracts.auth import token_from
 from contracts.cors import allowed_origins
 from ports_config import WORKER_PORT
 from tts_services.settings import number
@@ -36,7 +37,10 @@ class WorkerSettings:
     models_dir: Path
     ice_servers: list[RTCIceServer]
     connect_timeout: float        # a peer still not connected after this is dropped
+    max_connecting_per_client: int    # offers from one address not connected yet; one more gets 429
     max_text_chars: int
+    max_queued_speech_seconds: float  # a session's speech still to say; a /human or /humanaudio past it gets 429
+    max_audio_seconds: float      # a /humanaudio file longer than this gets 413, decoding stops there
     llm_url: str | None
     llm_model: str
     llm_api_key: str
@@ -46,6 +50,7 @@ class WorkerSettings:
     record_retention_seconds: float   # and its file is removed this long after it ended
     cors_origins: list[str]       # ["*"] any, [] none (browsers then may not call this worker)
     sse_keepalive: float          # seconds between keep-alive comments on an idle /sse stream
+    api_token: str | None         # the manager's API_TOKEN: required on the routes (contracts/auth.py)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,12 +100,16 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         data_dir=data_dir(env), models_dir=models_dir(env),
         ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
         connect_timeout=number(env, "WEBRTC_CONNECT_TIMEOUT", 30.0, 1.0),
+        max_connecting_per_client=number(env, "MAX_CONNECTING_PER_CLIENT", 4, 1, int),
         max_text_chars=number(env, "MAX_TEXT_CHARS", 2000, 1, int),
+        max_queued_speech_seconds=number(env, "MAX_QUEUED_SPEECH_SECONDS", 300.0, 1.0),
+        max_audio_seconds=number(env, "MAX_AUDIO_SECONDS", 120.0, 1.0),
         llm_url=env.get("LLM_URL") or None, llm_model=env.get("LLM_MODEL", "gpt-4o-mini"),
         llm_api_key=env.get("LLM_API_KEY", ""), llm_system_prompt=env.get("LLM_SYSTEM_PROMPT", ""),
         record_max_seconds=number(env, "RECORD_MAX_SECONDS", 300.0, 0.04),
         record_max_bytes=number(env, "RECORD_MAX_BYTES", 200_000_000, 10_000, int),
         record_retention_seconds=number(env, "RECORD_RETENTION_SECONDS", 600.0, 0.0),
-        cors_origins=allowed_origins(env.get("CORS_ORIGINS"), token_set=bool(env.get("API_TOKEN"))),
+        cors_origins=allowed_origins(env.get("CORS_ORIGINS"), token_set=token_from(env) is not None),
         sse_keepalive=number(env, "SSE_KEEPALIVE_SECONDS", 15.0, 1.0),
+        api_token=token_from(env),
     )

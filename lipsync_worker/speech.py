@@ -1,6 +1,8 @@
-"""What one session is about to say: queued 16 kHz samples and the phonemes in them."""
+"""What one session is about to say: queued 16 kHz samples and the phonemes in them, and how
+long a text waiting for synthesis is taken to last."""
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
 import numpy as np
@@ -8,6 +10,20 @@ import numpy as np
 from tts_services.engines.base import AudioChunk
 
 SAMPLE_RATE = 16000
+# Synthesis pauses while more than this is queued unplayed: a text is turned into sound about as
+# fast as it is said, not hours ahead of it (espeak speaks ~500x faster than real time).
+AHEAD_SECONDS = 10.0
+# A text not yet synthesised is counted at this rate. espeak reads English prose at ~17
+# characters a second and Persian at ~12, so prose is over- rather than under-counted. Digits
+# (read as number words) and Chinese go slower (~2 a second) and are undercounted until they are
+# synthesised; memory stays bounded all the same, by AHEAD_SECONDS and MAX_TEXT_CHARS.
+CHARS_PER_SECOND = 10
+MIN_UTTERANCE_SECONDS = 1.0   # so that a flood of one-letter texts is counted too
+
+
+def text_seconds(text: str) -> float:
+    """How long saying `text` is reckoned to take, before it is synthesised."""
+    return max(MIN_UTTERANCE_SECONDS, len(text) / CHARS_PER_SECOND)
 
 
 class SpeechBuffer:
@@ -16,6 +32,7 @@ class SpeechBuffer:
         self._phonemes: deque[tuple[int, int, str]] = deque()  # absolute sample positions
         self._written = 0
         self._played = 0
+        self._taken = asyncio.Event()   # set whenever samples leave the queue
 
     @property
     def pending(self) -> int:
@@ -29,6 +46,13 @@ class SpeechBuffer:
         self._pcm += chunk.pcm
         self._written += len(chunk.pcm) // 2
 
+    async def room(self, seconds: float = AHEAD_SECONDS) -> None:
+        """Until at most `seconds` of speech are queued. No timeout of its own: the Stage takes
+        40 ms every tick, and a session that closes cancels whoever waits here."""
+        while self.pending > seconds * SAMPLE_RATE:
+            self._taken.clear()
+            await self._taken.wait()
+
     def take(self, count: int) -> tuple[np.ndarray, str | None]:
         """The next `count` samples (silence past the end) and the phoneme at their middle."""
         queued = self.peek(count)
@@ -41,6 +65,7 @@ class SpeechBuffer:
         while self._phonemes and self._phonemes[0][1] <= self._played - size // 2:
             self._phonemes.popleft()
         phoneme = next((symbol for start, end, symbol in self._phonemes if start <= middle < end), None)
+        self._taken.set()
         return samples, phoneme
 
     def peek(self, count: int) -> np.ndarray:
@@ -52,3 +77,4 @@ class SpeechBuffer:
         self._pcm.clear()
         self._phonemes.clear()
         self._played = self._written
+        self._taken.set()

@@ -10,9 +10,10 @@ misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
   ignore_term      ignore SIGTERM
   fork:N           start N grandchildren that sleep
   slow:S           wait S seconds before listening
-  unreachable      answer /offer with a real SDP answer whose every candidate is an address no
-                   one can reach (192.0.2.1, TEST-NET-1): what a browser sees when the network
-                   between it and the worker drops UDP
+  unreachable      answer /offer with a real SDP answer whose every candidate is a loopback UDP
+                   port that reads and never answers: what a browser sees when the network
+                   between it and the worker drops UDP (its checks go there and die, and no
+                   packet leaves the machine); /health counts what arrived ("dropped_datagrams")
 /health also reports its argv and CUDA_VISIBLE_DEVICES, so tests can check how it was started, and
 "sessions" from config.json, read at every request (live WebRTC sessions, as the real worker
 counts them; default 0), so a test can open and close sessions by editing it.
@@ -25,6 +26,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,14 +35,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-async def unreachable_answer(offer: dict) -> dict:
+class BlackHole:
+    """A loopback UDP port that reads every datagram and answers none."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = 0
+        threading.Thread(target=self._drop, daemon=True).start()
+
+    def _drop(self) -> None:
+        while True:
+            self.sock.recv(65536)
+            self.received += 1
+
+
+async def unreachable_answer(offer: dict, hole: BlackHole) -> dict:
+    """A real answer from aiortc with every candidate moved to the black hole: the browser's ICE
+    checks go there and get no reply."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
     await pc.setLocalDescription(await pc.createAnswer())
-    sdp = re.sub(r"(a=candidate:\S+ \d+ \w+ \d+ )\S+( \d+ typ)", r"\g<1>192.0.2.1\2", pc.localDescription.sdp)
-    sdp = re.sub(r"c=IN IP4 \S+", "c=IN IP4 192.0.2.1", sdp)
+    sdp = re.sub(r"(a=candidate:\S+ \d+ \w+ \d+ )\S+ \d+( typ)", rf"\g<1>127.0.0.1 {hole.port}\2",
+                 pc.localDescription.sdp)
+    sdp = re.sub(r"c=IN IP4 \S+", "c=IN IP4 127.0.0.1", sdp)
     await pc.close()
     return {"sdp": sdp, "type": "answer"}
 
@@ -80,6 +101,7 @@ def main() -> None:
         if name == "freeze_after":
             threading.Timer(float(value), frozen.set).start()
 
+    hole = BlackHole() if "unreachable" in faults else None
     health = {"status": "ok", "instance_token": token, "pid": os.getpid(), "avatar": args.avatar_id,
               "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
               "children": [c.pid for c in children]}
@@ -98,13 +120,14 @@ def main() -> None:
             if self.path != "/health":
                 return self.reply(404, b"{}")
             sessions = int(json.loads(config_file.read_text()).get("sessions", 0))
-            self.reply(200, json.dumps({**health, "sessions": sessions}).encode())
+            dropped = {"dropped_datagrams": hole.received} if hole else {}
+            self.reply(200, json.dumps({**health, "sessions": sessions, **dropped}).encode())
 
         def do_POST(self):
-            if self.path != "/offer" or "unreachable" not in faults:
+            if self.path != "/offer" or hole is None:
                 return self.reply(404, b"{}")
             offer = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            self.reply(200, json.dumps({**asyncio.run(unreachable_answer(offer)), "sessionid": 1}).encode())
+            self.reply(200, json.dumps({**asyncio.run(unreachable_answer(offer, hole)), "sessionid": 1}).encode())
 
         def log_message(self, *args):
             pass

@@ -288,8 +288,9 @@ def test_with_an_api_token_the_page_asks_for_it(fleet):
 
 
 def test_a_network_that_blocks_webrtc_is_explained_and_the_connection_given_back(manager):
-    """The fake worker answers the offer with a real SDP answer whose candidates no one can reach:
-    what a browser sees when a firewall drops UDP between it and the worker."""
+    """The fake worker answers the offer with a real SDP answer whose candidates all point at a
+    loopback UDP port that reads and never answers: what a browser sees when a firewall drops UDP
+    between it and the worker (and no packet leaves this machine)."""
     m = manager(start=False, WORKER_MODULE="tests.fake_worker", WEBRTC_CONNECT_TIMEOUT="3", IDLE_TIMEOUT="60")
     make_avatar(m.data_dir, "walled", fault="unreachable")
     m.start()
@@ -301,3 +302,6 @@ def test_a_network_that_blocks_webrtc_is_explained_and_the_connection_given_back
         assert js(browser, "return document.getElementById('connection').dataset.state") == "failed"
         screenshot(browser, "console_webrtc_blocked")
         wait_for(lambda: connections(m, "walled") == 0, 10, "the page to give its connection back")
+    # The browser did try the candidates: its connectivity checks reached the port and died there.
+    worker = requests.get(f"http://127.0.0.1:{m.info('walled')['port']}/health", timeout=5).json()
+    assert worker["dropped_datagrams"] > 0

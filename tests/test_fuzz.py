@@ -20,16 +20,24 @@ from managers import make_avatar, wait_for
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # seed, examples per operation, checks, timeouts
 RUN_TIMEOUT_S = 150  # the whole run against one service
+# The worker and the TTS server run behind an API token, as the manager starts them when it has
+# one: schemathesis sends it, and its ignored_auth check sends requests without it, which must be
+# refused (401) wherever the document says the token applies.
+TOKEN = "fuzz-token"
+WITH_TOKEN = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def fuzz(url: str, workdir: Path) -> subprocess.CompletedProcess:
-    """Run schemathesis against the service at `url` to its end; the tests check what the requests
-    left behind before they look at its verdict (`assert_no_problems`)."""
+def fuzz(url: str, workdir: Path, token: str | None = None) -> subprocess.CompletedProcess:
+    """Run schemathesis against the service at `url` to its end (sending the API token, when the
+    service has one); the tests check what the requests left behind before they look at its
+    verdict (`assert_no_problems`)."""
+    auth = ["--header", f"Authorization: Bearer {token}"] if token else []
     # In a folder of its own: schemathesis may write reports and caches where it runs.
     done = subprocess.run([sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run",
-                           f"{url}/openapi.json", "--no-color"],
+                           f"{url}/openapi.json", "--no-color", *auth],
                           cwd=workdir, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert re.search(r"\b[1-9]\d* generated\b", done.stdout), done.stdout + done.stderr  # it sent requests
+    assert "Authentication failed" not in done.stdout, done.stdout   # they got past the token
     return done
 
 
@@ -51,13 +59,14 @@ def unexpected_tracebacks(log: str) -> list[str]:
 
 
 def test_tts_server(spawn, tmp_path):
-    server: Server = spawn(tts_argv("espeak"), env={"TTS_MAX_TEXT_CHARS": "300"})
-    run = fuzz(server.url, tmp_path)
+    server: Server = spawn(tts_argv("espeak"), env={"TTS_MAX_TEXT_CHARS": "300", "API_TOKEN": TOKEN})
+    run = fuzz(server.url, tmp_path, TOKEN)
     # Nothing was left streaming, nothing failed unseen, and the voice still speaks.
-    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    metrics = requests.get(server.url + "/metrics", headers=WITH_TOKEN, timeout=5).text
     assert 'tts_streams_active{model="espeak"} 0.0' in metrics
     assert unexpected_tracebacks(server.log.read_text()) == []
-    assert requests.post(server.url + "/tts", json={"text": "Still here."}, timeout=10).status_code == 200
+    assert requests.post(server.url + "/tts", json={"text": "Still here."}, headers=WITH_TOKEN,
+                         timeout=10).status_code == 200
     assert_no_problems(run)
 
 
@@ -66,10 +75,10 @@ def test_worker(spawn, demo_source, tmp_path):
     make_avatar(data, "demo", source=demo_source)
     server: Server = spawn([sys.executable, "-m", "lipsync_worker", "--transport", "webrtc", "--model", "puppet",
                             "--avatar_id", "demo", "--listenport", "{port}", "--instance_token", "fuzz",
-                            "--max_session", "2"], env={"AVATAR_DATA_DIR": str(data)})
-    run = fuzz(server.url, tmp_path)
+                            "--max_session", "2"], env={"AVATAR_DATA_DIR": str(data), "API_TOKEN": TOKEN})
+    run = fuzz(server.url, tmp_path, TOKEN)
     # Offers of random SDP are refused, so no session was opened, and the avatar is still served.
-    health = requests.get(server.url + "/health", timeout=5).json()
+    health = requests.get(server.url + "/health", headers=WITH_TOKEN, timeout=5).json()
     assert health["sessions"] == 0 and health["avatar"] == "demo" and health["ready"] is True
     assert unexpected_tracebacks(server.log.read_text()) == []
     assert_no_problems(run)

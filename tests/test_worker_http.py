@@ -79,7 +79,8 @@ def test_cors_with_no_origin_configured_sends_no_allow_origin(worker, env):
     refused = preflight(server.url, "/human", ORIGIN)
     assert refused.status_code == 403 and "Access-Control-Allow-Origin" not in refused.headers
     simple = requests.post(server.url + "/is_speaking", json={"sessionid": 7}, headers={"Origin": ORIGIN}, timeout=5)
-    assert simple.status_code == 404 and "Access-Control-Allow-Origin" not in simple.headers
+    assert simple.status_code == (401 if "API_TOKEN" in env else 404)   # 401: no token sent
+    assert "Access-Control-Allow-Origin" not in simple.headers
 
 
 def test_a_malformed_cors_setting_stops_the_worker_with_a_reason(demo_source):
@@ -231,7 +232,9 @@ def test_openapi_document_is_valid_and_lists_every_route(worker):
     assert document["components"]["schemas"]["Human"]["required"] == ["sessionid", "text"]
     # What the worker answers conforms to what the document says.
     health_schema = document["components"]["schemas"]["Health"]
-    assert set(health_schema["required"]) == set(requests.get(server.url + "/health", timeout=5).json())
+    health = set(requests.get(server.url + "/health", timeout=5).json())
+    assert health == set(health_schema["properties"])   # no API token: every field, to anyone
+    assert set(health_schema["required"]) == {"status", "ready"}   # what a caller without the token gets
 
 
 # --- the event stream -----------------------------------------------------------------------

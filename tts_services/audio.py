@@ -6,7 +6,9 @@ incremental: feed() bytes as they come, flush() at the end.
 from __future__ import annotations
 
 import io
+import itertools
 import struct
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -104,20 +106,30 @@ class WavStream:
         return None
 
 
-def decode_file(data: bytes) -> bytes:
-    """A whole audio file (WAV, MP3, Ogg, ... anything FFmpeg reads) as our PCM."""
+class AudioTooLong(ValueError):
+    """The audio goes on past the length allowed."""
+
+
+def decode_file(source: bytes | BinaryIO, max_seconds: float | None = None) -> bytes:
+    """An audio file (WAV, MP3, Ogg, FLAC, ... anything FFmpeg reads; bytes or a seekable binary
+    file) as our PCM. It is decoded frame by frame and AudioTooLong raised as soon as more than
+    `max_seconds` have come out: a few compressed megabytes can hold hours of sound (an hour of
+    FLAC silence is ~650 kB), which must never all become PCM."""
+    limit = None if max_seconds is None else 2 * int(max_seconds * SAMPLE_RATE)
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    out = []
+    out = bytearray()
     try:
-        with av.open(io.BytesIO(data), "r") as container:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else source, "r") as container:
             if not container.streams.audio:
                 raise ValueError("the file has no audio stream")
-            for frame in container.decode(container.streams.audio[0]):
-                out.extend(resampler.resample(frame))
-        out.extend(resampler.resample(None))
+            # None last: what the resampler still holds.
+            for frame in itertools.chain(container.decode(container.streams.audio[0]), [None]):
+                out += _frames_to_pcm(resampler.resample(frame))
+                if limit is not None and len(out) > limit:
+                    raise AudioTooLong(f"the audio is longer than {max_seconds:g} s")
     except av.FFmpegError as exc:
         raise ValueError(f"not a readable audio file: {exc}") from exc
-    return _frames_to_pcm(out)
+    return bytes(out)
 
 
 def _frames_to_pcm(frames: list) -> bytes:

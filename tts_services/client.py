@@ -4,7 +4,8 @@
     async for chunk in tts.stream("Hello", voice="FemaleA"):
         ...  # chunk.pcm: 16 kHz mono s16le; chunk.phonemes: IPA timings when the engine has them
 
-TTSClient streams from a server over HTTP (/tts/events), retrying only while it cannot connect.
+TTSClient streams from a server over HTTP (/tts/events), retrying only while it cannot connect;
+it sends the API token (contracts/auth.py) when it is given one.
 LocalTTS speaks with the offline espeak engine inside this process: it has no server to be down.
 FallbackTTS uses the first and, if it fails before any audio, the second, logging why.
 """
@@ -16,6 +17,8 @@ import logging
 from typing import AsyncIterator
 
 import aiohttp
+
+from contracts import auth
 
 from . import protocol
 from .engines.base import AudioChunk, BadRequest, TTSEngine, UpstreamUnavailable
@@ -37,9 +40,10 @@ class TTSRejected(TTSError):
 
 
 class TTSClient:
-    def __init__(self, base_url: str, *, connect_timeout: float = 2.0, read_timeout: float = 15.0,
-                 retries: int = 2, retry_delay: float = 0.2) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None, connect_timeout: float = 2.0,
+                 read_timeout: float = 15.0, retries: int = 2, retry_delay: float = 0.2) -> None:
         self.base_url = base_url.rstrip("/")
+        self._headers = auth.headers(token)
         self.name = self.base_url
         self.retries = retries
         self.retry_delay = retry_delay
@@ -55,7 +59,8 @@ class TTSClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             # One audio event can hold a whole sentence (~100 kB of base64): lift the line limit.
-            self._session = aiohttp.ClientSession(timeout=self._timeout, read_bufsize=1 << 22)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, read_bufsize=1 << 22,
+                                                  headers=self._headers)
         return self._session
 
     async def close(self) -> None:

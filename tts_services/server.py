@@ -1,4 +1,7 @@
-"""HTTP routes of one TTS server: POST /tts, POST /tts/events, GET /voices, /health, /metrics."""
+"""HTTP routes of one TTS server: POST /tts, POST /tts/events, GET /voices, /health, /metrics.
+
+With API_TOKEN set (the manager hands it to the servers it starts) every route but /health and
+/openapi.json wants it (contracts/auth.py)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +12,7 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from contracts import auth
 from contracts.openapi import aiohttp_document
 
 from . import protocol
@@ -20,6 +24,7 @@ from .speech import SpeechRequest, parse_request, speak
 log = logging.getLogger("tts_services")
 
 MAX_BODY_BYTES = 64 * 1024
+OPEN_PATHS = ("/health", "/openapi.json")   # they reveal nothing a caller could act on
 
 
 class Metrics:
@@ -249,6 +254,7 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
             return response
 
     app.middlewares.append(json_errors)
+    app.middlewares.append(auth.middleware(settings.api_token, OPEN_PATHS, lambda message: _error(401, message)))
     app.router.add_post("/tts", tts)
     app.router.add_post("/tts/events", tts_events)
     app.router.add_get("/voices", voices)
@@ -269,5 +275,8 @@ def document(app: web.Application, engine: TTSEngine, settings: Settings) -> dic
         "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}} for name, description in (
         ("BadRequest", "The body is not JSON, not an object, or a field is wrong; the message names what is allowed"),
         ("TooLarge", f"The body is over {MAX_BODY_BYTES} bytes"),
-        ("Unavailable", "The voice cannot be produced now (no network, the upstream server down or silent)"))}
+        ("Unavailable", "The voice cannot be produced now (no network, the upstream server down or silent)"),
+        ("Unauthorized", auth.REFUSAL))}
+    if settings.api_token:
+        auth.document(spec, OPEN_PATHS, {"$ref": "#/components/responses/Unauthorized"})
     return spec

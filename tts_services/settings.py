@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from contracts.auth import token_from
 from ports_config import UPSTREAM_URLS
 
 
@@ -53,6 +54,7 @@ class Settings:
     cosyvoice_sample_rate: int
     tacotron_url: str | None
     tacotron_speaker: str | None
+    api_token: str | None    # the manager's API_TOKEN: required on the routes (contracts/auth.py)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -73,4 +75,5 @@ class Settings:
             cosyvoice_sample_rate=number(env, "COSYVOICE_SAMPLE_RATE", 24000, 8000, int),
             tacotron_url=_url(env, "TACOTRON_URL", None),
             tacotron_speaker=env.get("TACOTRON_SPEAKER") or None,
+            api_token=token_from(env),
         )

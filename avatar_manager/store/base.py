@@ -75,6 +75,12 @@ class Store(ABC):
         still stopping."""
 
     @abstractmethod
+    def restore(self, instance: Instance, max_instances: int) -> bool:
+        """Record a live worker the store had lost (it was wiped or replaced): insert `instance`
+        only if no record has its avatar, none holding a port has its port, and one of the
+        max_instances slots is free; atomically. False, changing nothing, otherwise."""
+
+    @abstractmethod
     def get(self, key: str) -> Instance | None:
         """By avatar name, else by instance id."""
 

@@ -137,6 +137,24 @@ redis.call('SADD', PREFIX .. 'avatars', avatar)
 return {1, redis.call('HGETALL', key(avatar))}
 """
 
+# ARGV: prefix, avatar, the record (JSON), max_instances. Only into a free avatar, port and slot.
+_RESTORE = """
+local avatar, record, max_instances = ARGV[2], cjson.decode(ARGV[3]), tonumber(ARGV[4])
+if redis.call('EXISTS', key(avatar)) == 1 then return 0 end
+local held = 0
+for _, a in ipairs(avatars()) do
+  local state, port = unpack(redis.call('HMGET', key(a), 'state', 'port'))
+  if state and HOLDS_PORT[state] then
+    if tonumber(port) == tonumber(record.port) then return 0 end
+    held = held + 1
+  end
+end
+if held >= max_instances then return 0 end
+for field, value in pairs(record) do redis.call('HSET', key(avatar), field, value) end
+redis.call('SADD', PREFIX .. 'avatars', avatar)
+return 1
+"""
+
 _DISCONNECT = """
 local avatar = find(ARGV[2])
 if not avatar then return false end
@@ -236,7 +254,7 @@ class RedisStore(Store):
         self._get, self._list, self._join = script(_LIB + _GET), script(_LIB + _LIST), script(_LIB + _JOIN)
         self._claim, self._disconnect = script(_LIB + _CLAIM), script(_LIB + _DISCONNECT)
         self._cas, self._stop_if_idle = script(_LIB + _TRANSITION), script(_LIB + _STOP_IF_IDLE)
-        self._remove = script(_LIB + _REMOVE)
+        self._remove, self._restore = script(_LIB + _REMOVE), script(_LIB + _RESTORE)
         self._take_lease, self._drop_lease = script(_TAKE_LEASE), script(_DROP_LEASE)
         self._claim_doc = script(_CLAIM_DOC)
 
@@ -277,6 +295,10 @@ class RedisStore(Store):
             json.dumps([int(p) for p in claim.ports]), json.dumps([[int(i), int(f)] for i, f in claim.gpus]),
             int(claim.min_free_mb), int(bool(claim.gpu_required)))
         return _instance(flat), bool(created)
+
+    def restore(self, instance: Instance, max_instances: int) -> bool:
+        return bool(self._instances(self._restore, instance.avatar, json.dumps(instance.to_record()),
+                                    int(max_instances)))
 
     def get(self, key: str) -> Instance | None:
         flat = self._instances(self._get, key)

@@ -1,11 +1,17 @@
 """The store in one SQLite file: every step is one BEGIN IMMEDIATE transaction, so any number of
-threads and processes on this host allocate without races."""
+threads and processes on this host allocate without races.
+
+A file deleted or replaced under a running manager is noticed (the path names another file, or
+none) and opened afresh, its schema created; the supervisor then re-registers the live workers.
+"""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
@@ -27,6 +33,31 @@ _SCHEMA = [
 ]
 
 
+_LOCK_TIMEOUT = 30.0  # seconds, as long as a transaction waits for SQLite's own lock
+
+
+def _identity(path: Path) -> str:
+    """Which file the path names now ("" for none): device and inode."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return ""
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _lock(file, timeout: float) -> None:
+    """An exclusive flock on `file`, waited for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{file.name} stayed locked for {timeout:g} s") from None
+            time.sleep(0.01)
+
+
 def _literal(value) -> str:
     return repr(int(value) if isinstance(value, bool) else value)
 
@@ -38,31 +69,95 @@ def _in(states) -> str:
 class SqliteStore(Store):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Names the file whose -wal and -shm are the current ones; locked while a file is opened.
+        self._opened = self.path.with_name(self.path.name + "-opened")
         self._local = threading.local()
         # Writers of this process queue here rather than in SQLite's busy handler, which sleeps
         # up to 100 ms between tries; other processes still wait in the busy handler.
         self._writer = threading.Lock()
-        with self._tx() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            # A store written by an older version lacks the newer fields: add them with their defaults.
-            present = {row["name"] for row in db.execute("PRAGMA table_info(instances)")}
-            for f in fields(Instance):
-                if f.name not in present:
-                    db.execute(f"ALTER TABLE instances ADD COLUMN {f.name} {_TYPES.get(f.type, 'TEXT')} "
-                               f"NOT NULL DEFAULT {_literal(f.default)}")
+        self._file = ""  # the file this process has opened (and made the schema in)
+        try:
+            self._local.db, self._local.file = self._open()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        self._local.pid = os.getpid()
+
+    def _open(self) -> tuple[sqlite3.Connection, str]:
+        """A connection to the file the path names now; a file this process has not opened yet
+        (it is new, or replaced the one we had) is created if need be, with the schema.
+
+        The -wal and -shm beside a file that was deleted or replaced belong to the old file (its
+        connections in other processes still use them) and SQLite would read them as the new
+        file's: the first of our processes to open the new file deletes them. Which file that was
+        is written down, under a lock, so a later process does not delete the new file's own.
+        Where nothing is written down yet (a store from before this rule) nothing is deleted: the
+        -wal may hold transactions of this very file not yet copied into it, which SQLite recovers."""
+        file = _identity(self.path)
+        if file and file == self._file:
+            return self._connect(), file
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._opened, "a+") as opened:
+                _lock(opened, _LOCK_TIMEOUT)
+                with open(self.path, "ab"):
+                    pass
+                file = _identity(self.path)
+                opened.seek(0)
+                known = opened.read()
+                if known != file:
+                    if known:
+                        for suffix in ("-wal", "-shm"):
+                            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+                    opened.truncate(0)
+                    opened.write(file)
+                    opened.flush()
+                db = self._connect()
+                try:
+                    self._create_schema(db)
+                except BaseException:
+                    db.close()
+                    raise
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        self._file = file
+        return db, file
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=_LOCK_TIMEOUT, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _create_schema(self, db: sqlite3.Connection) -> None:
+        with self._writer:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                # A store written by an older version lacks the newer fields: add them with their defaults.
+                present = {row["name"] for row in db.execute("PRAGMA table_info(instances)")}
+                for f in fields(Instance):
+                    if f.name not in present:
+                        db.execute(f"ALTER TABLE instances ADD COLUMN {f.name} {_TYPES.get(f.type, 'TEXT')} "
+                                   f"NOT NULL DEFAULT {_literal(f.default)}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def _connection(self) -> sqlite3.Connection:
-        # One connection per thread and per process: a connection must not cross a fork.
+        # One connection per thread and per process (a connection must not cross a fork), to the
+        # file the path names now: one stat a step notices a file deleted or replaced under us.
         db = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db, self._local.pid = db, os.getpid()
-        return db
+        if db is None or self._local.pid != os.getpid() or self._local.file != _identity(self.path):
+            if db is not None and self._local.pid == os.getpid():
+                db.close()
+            self._local.db = None
+            self._local.db, self._local.file = self._open()
+            self._local.pid = os.getpid()
+        return self._local.db
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
@@ -107,8 +202,9 @@ class SqliteStore(Store):
         # the GIL released), not across Python steps while other writers sleep in its busy handler.
         # RETURNING: the row as this join left it (a read after it could see later joins' counts).
         try:
+            db = self._connection()  # before the writer lock: opening a connection takes it too
             with self._writer:
-                row = self._connection().execute(
+                row = db.execute(
                     f"UPDATE instances SET connections = connections + 1, idle_since = 0, active_at = ? "
                     f"WHERE avatar = ? AND state IN ({_in(JOINABLE)}) RETURNING *", (now, avatar)).fetchone()
         except sqlite3.Error as exc:
@@ -148,6 +244,18 @@ class SqliteStore(Store):
             db.execute(f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) "
                        f"VALUES ({', '.join('?' * len(_COLUMNS))})", [record[c] for c in _COLUMNS])
             return instance, True
+
+    def restore(self, instance: Instance, max_instances: int) -> bool:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM instances WHERE avatar = ?", (instance.avatar,)).fetchone():
+                return False
+            held = db.execute(f"SELECT port FROM instances WHERE state IN ({_in(HOLDS_PORT)})").fetchall()
+            if len(held) >= max_instances or instance.port in {r["port"] for r in held}:
+                return False
+            record = instance.to_record()
+            db.execute(f"INSERT INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                       [record[c] for c in _COLUMNS])
+            return True
 
     def get(self, key: str) -> Instance | None:
         with self._tx(write=False) as db:
