@@ -474,11 +474,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _job_reply(registration.wait(store, job, settings.register_wait))
 
     def _job_reply(job: dict):
-        if job["state"] == "done":
+        if job["state"] == registration.JobState.DONE:
             record = job["record"]
             return _reply(f"avatar {record['name']} registered in {record['processing_seconds']:.2f} s",
                           _with_preview(record))
-        if job["state"] == "failed":
+        if job["state"] == registration.JobState.FAILED:
             error = job["error"] or {}
             return _reply(error.get("message", "registration failed"), status=error.get("status", 500),
                           **{k: v for k, v in error.items() if k not in ("status", "message")})

@@ -47,7 +47,9 @@ def on_starting(server):
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:  # the supervisor died before the line above
         raise SystemExit("the supervisor is gone")
-    _allow_connections(worker_connections + 100)  # + the store, logs and outgoing requests
+    # A connection's greenlet that used the SQLite store holds its own connection to the file and
+    # its -wal (the store keeps one per thread, and a greenlet counts as one): three files each.
+    _allow_connections(3 * worker_connections + 100)  # + logs and outgoing requests
 
 
 def _allow_connections(files: int) -> None:

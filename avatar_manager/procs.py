@@ -89,8 +89,20 @@ def alive(proc: subprocess.Popen | psutil.Process) -> bool:
         return False
 
 
-def exit_code(proc: subprocess.Popen | psutil.Process) -> str:
-    return str(proc.returncode) if isinstance(proc, subprocess.Popen) else "unknown: adopted, not our child"
+def how_it_ended(proc: subprocess.Popen | psutil.Process) -> str:
+    """'exited with code 3', or 'was killed by SIGKILL (...)': a signal by its name, as people look
+    it up. An adopted process is not our child: its status went to the supervisor before us."""
+    code = proc.returncode if isinstance(proc, subprocess.Popen) else None
+    if code is None:
+        return "ended (how is unknown: it was adopted, not started by this supervisor)"
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = " (the kernel's out-of-memory killer sends SIGKILL: check dmesg)" if -code == signal.SIGKILL else ""
+    return f"was killed by {name}{hint}"
 
 
 def listeners() -> dict[int, psutil.Process]:

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,17 @@ from .workers import GPU_ENGINES
 LOCK_TTL = 900.0          # a registration lock outlives any real registration; a crashed one frees it
 JOB_KEEP = 3600.0         # finished jobs stay visible this long
 
+
+
+class JobState(str, Enum):
+    """A registration job's state, as its store document and the API say it."""
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ENDED = frozenset({JobState.DONE, JobState.FAILED})
 
 class RegistrationError(Exception):
     """Refused: `status` is the HTTP status (400, 409, 413, 415, 422, 429, 503), the message says why."""
@@ -74,7 +86,11 @@ def lock(store: Store, name: str, holder: str, ttl: float = LOCK_TTL) -> None:
         raise RegistrationError(409, f"a registration of {name!r} is in progress")
 
 
-def unlock(store: Store, name: str) -> None:
+def unlock(store: Store, name: str, holder: str | None = None) -> None:
+    """Free the name; with `holder`, only while that holder has it (a job ending late must not
+    free the lock of the next registration of the same name)."""
+    if holder is not None and (store.get_doc("registering", name) or {}).get("holder") != holder:
+        return
     store.delete_doc("registering", name)
 
 
@@ -196,7 +212,7 @@ def _claim_slot(settings: Settings, store: Store, job_id: str) -> int:
 def release(store: Store, job: dict) -> None:
     """For a job that ends without its child's word: delete its upload, unlock its name."""
     shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
-    unlock(store, job["avatar"])
+    unlock(store, job["avatar"], holder=f"job:{job['id']}")
 
 
 def free_slot(store: Store, job: dict) -> None:
@@ -221,7 +237,7 @@ def submit(settings: Settings, store: Store, name: str, meta: dict, save: Callab
             raise RegistrationError(413, f"the file is larger than MAX_AVATAR_FILE_SIZE="
                                          f"{settings.max_avatar_file_bytes / 2**20:g} MB")
         now = time.time()
-        job = {"id": job_id, "avatar": name, "state": "queued", "created": now, "updated": now, "slot": slot,
+        job = {"id": job_id, "avatar": name, "state": JobState.QUEUED, "created": now, "updated": now, "slot": slot,
                "upload": str(folder / "upload"), "meta": meta, "record": None, "error": None}
         store.put_doc("job", job_id, job)
     except BaseException:
@@ -236,14 +252,14 @@ def submit(settings: Settings, store: Store, name: str, meta: dict, save: Callab
 def wait(store: Store, job: dict, timeout: float) -> dict:
     """The job once finished, or as it stands after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while job["state"] not in ("done", "failed") and time.monotonic() < deadline:
+    while job["state"] not in ENDED and time.monotonic() < deadline:
         time.sleep(0.05)
         job = store.get_doc("job", job["id"]) or job
     return job
 
 
 def finish_job(store: Store, job: dict, record: dict | None = None, error: dict | None = None) -> dict:
-    job = {**job, "state": "done" if record is not None else "failed", "updated": time.time(),
+    job = {**job, "state": JobState.DONE if record is not None else JobState.FAILED, "updated": time.time(),
            "record": record, "error": error}
     store.put_doc("job", job["id"], job)
     return job
@@ -260,7 +276,7 @@ def run_job(settings: Settings, store: Store, job_id: str) -> int:
     """The child's side of a job: prepare, release the name and the upload, then record the outcome
     (in that order: whoever hears it may register the name again at once). The exit status."""
     job = store.get_doc("job", job_id)
-    if job is None or job["state"] in ("done", "failed"):
+    if job is None or job["state"] in ENDED:
         print(f"register: no job {job_id!r} to run", file=sys.stderr)
         return 2
     meta = job["meta"]
@@ -270,7 +286,7 @@ def run_job(settings: Settings, store: Store, job_id: str) -> int:
                               description=meta.get("description") or "", tts_model=meta.get("tts_model"),
                               timbre=meta.get("timbre"), engine=meta.get("engine"))
         finally:
-            unlock(store, job["avatar"])
+            unlock(store, job["avatar"], holder=f"job:{job_id}")
             shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
     except RegistrationError as exc:
         finish_job(store, job, error=exc.to_json())
@@ -283,5 +299,5 @@ def run_job(settings: Settings, store: Store, job_id: str) -> int:
 def prune_jobs(store: Store, now: float, jobs: list[dict]) -> None:
     """Forget finished jobs after JOB_KEEP; `jobs`: the job documents as just read."""
     for job in jobs:
-        if job["state"] in ("done", "failed") and now - job["updated"] > JOB_KEEP:
+        if job["state"] in ENDED and now - job["updated"] > JOB_KEEP:
             store.delete_doc("job", job["id"])

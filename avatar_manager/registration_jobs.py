@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from . import procs, registration
+from .registration import JobState
 from .settings import Settings
 from .store.base import Store, StoreError
 
@@ -45,12 +46,12 @@ class RegistrationJobs:
         jobs = self.store.list_docs("job")
         free = self.settings.register_workers - len(running)
         for job in sorted(jobs, key=lambda j: j["created"]):
-            if job["state"] == "queued" and free > 0 and job["id"] not in running:
+            if job["state"] == JobState.QUEUED and free > 0 and job["id"] not in running:
                 free -= 1
                 with self.lock:
                     self.running[job["id"]] = None
                 self.pool.submit(self._run, job)
-            elif (job["state"] == "preparing" and job["id"] not in running
+            elif (job["state"] == JobState.PREPARING and job["id"] not in running
                   and now - job["updated"] > self.settings.register_timeout + self.settings.stop_timeout + 60):
                 # Not ours, and past any child's time: its supervisor died while it ran.
                 registration.release(self.store, job)
@@ -87,7 +88,7 @@ class RegistrationJobs:
 
     def _prepare(self, job: dict) -> None:
         """The register command for the job, a child of ours, bounded in time."""
-        job = {**job, "state": "preparing", "updated": time.time()}
+        job = {**job, "state": JobState.PREPARING, "updated": time.time()}
         self.store.put_doc("job", job["id"], job)
         path = self.settings.log_dir / f"register_{job['avatar']}.log"
         try:
@@ -108,7 +109,7 @@ class RegistrationJobs:
             procs.Outcome.CANCELLED: (503, "registration stopped: the manager is shutting down; send it again"),
             procs.Outcome.TIMED_OUT: (503, f"registration did not finish within REGISTER_TIMEOUT="
                                            f"{self.settings.register_timeout:g} s"),
-        }.get(outcome, (500, f"registration failed (exit code {proc.returncode}): {procs.log_tail(path, 5)}"))
+        }.get(outcome, (500, f"registration failed: the child {procs.how_it_ended(proc)}: {procs.log_tail(path, 5)}"))
         self._fail(job, status, why)
         log.info("registration of %s: %s", job["avatar"], (self.store.get_doc("job", job["id"]) or {}).get("state"))
 
@@ -117,7 +118,7 @@ class RegistrationJobs:
         upload are released (a finished child has done so itself, before telling anyone: the name
         may be taken again already, so it is not ours to unlock then)."""
         current = self.store.get_doc("job", job["id"]) or job
-        if current["state"] in ("done", "failed"):
+        if current["state"] in registration.ENDED:
             return
         registration.release(self.store, current)
         registration.finish_job(self.store, current, error={"status": status, "message": why})

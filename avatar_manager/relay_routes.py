@@ -127,7 +127,12 @@ def blueprint(pool: Pool, store: Store) -> Blueprint:
         if sessionid is None:  # refused by the worker: the connection goes back at once
             relayed_sessions.release(store, instance.avatar, instance.token)
         else:
-            relayed_sessions.hold(store, instance, sessionid)
+            try:
+                relayed_sessions.hold(store, instance, sessionid)
+            except StoreError:
+                # Without its document nothing would ever give the connection back.
+                relayed_sessions.release(store, instance.avatar, instance.token)
+                raise
         return _answer(answer)
 
     def forwarding(path: str, summary: str, body: str):

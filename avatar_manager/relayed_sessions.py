@@ -58,6 +58,17 @@ def release_gone(store: Store, instance: Instance, alive: Callable[[int], bool |
     return released
 
 
+def forget_stale(store: Store, instances: list[Instance]) -> int:
+    """Delete the documents of sessions whose instance is gone (stopped, failed, deleted, or
+    replaced by a later one): they hold no connection any more, and nothing else would find them."""
+    current = {(i.avatar, i.token) for i in instances}
+    forgotten = 0
+    for doc in store.list_docs(KIND):
+        if (doc["avatar"], doc["token"]) not in current:
+            forgotten += store.delete_doc(KIND, _key(doc["avatar"], doc["token"], doc["sessionid"]))
+    return forgotten
+
+
 def worker_has_session(port: int, sessionid: int, api_token: str | None) -> bool | None:
     """Whether the worker still has the session: its /is_speaking answers 404 once it is gone."""
     try:

@@ -224,7 +224,7 @@ class Supervisor:
             procs.kill_group(child.pid)
             instance = self.store.get(avatar)
             if instance and instance.state == State.RUNNING and instance.pid == child.pid:
-                self._crashed(instance, f"the worker exited with code {procs.exit_code(child)}")
+                self._crashed(instance, f"the worker {procs.how_it_ended(child)}")
 
     def _crashed(self, instance: Instance, why: str) -> None:
         tail = procs.log_tail(log_path(self.settings, instance))
@@ -296,7 +296,7 @@ class Supervisor:
         if outcome == procs.Outcome.CANCELLED:
             return
         if outcome == procs.Outcome.EXITED:
-            return self._start_failed(instance, proc, f"the worker exited with code {proc.returncode} while "
+            return self._start_failed(instance, proc, f"the worker {procs.how_it_ended(proc)} while "
                                                      f"starting; its log ({path}) ends:\n{procs.log_tail(path)}")
         if outcome == procs.Outcome.TIMED_OUT:
             return self._start_failed(instance, proc, f"the worker did not answer /health within "
@@ -424,6 +424,7 @@ class Supervisor:
             child, self.settings.worker_module, self.settings.data_dir, self.settings.ports))]
         if scan or now >= self.next_scan:
             self.next_scan = now + reconcile.SCAN_EVERY
+            relayed_sessions.forget_stale(self.store, instances)
             scanned = procs.find_workers(self.settings.worker_module, self.settings.data_dir, self.settings.ports)
             with self.lock:
                 found += reconcile.strays(scanned, self.children, self.busy)
@@ -459,9 +460,9 @@ class Supervisor:
         if self.api is not None:
             if time.monotonic() - self.api_started < 5:
                 # It cannot even start (a port in use, a bad config): stop rather than spin.
-                raise SystemExit(f"the API server exited with code {self.api.returncode} at start; "
+                raise SystemExit(f"the API server {procs.how_it_ended(self.api)} at start; "
                                  "see the lines above")
-            log.error("the API server exited with code %s; starting it again", self.api.returncode)
+            log.error("the API server %s; starting it again", procs.how_it_ended(self.api))
         env = procs.child_env(keep=("API_TOKEN", "REDIS_URL"))
         self.api = subprocess.Popen(self.api_argv, cwd=procs.ROOT, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

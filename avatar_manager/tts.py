@@ -90,7 +90,7 @@ class TtsServers:
             # Not one of ours to restart later: the next worker that needs it tries again.
             procs.kill_tree(proc, self.stop_timeout)
             if outcome == procs.Outcome.EXITED:
-                return (f"the {model.name} TTS server exited with code {proc.returncode}: "
+                return (f"the {model.name} TTS server {procs.how_it_ended(proc)}: "
                         f"{procs.log_tail(log_path, 5)}")
             if outcome == procs.Outcome.CANCELLED:
                 return f"the {model.name} TTS server was not waited for: shutting down"
@@ -107,7 +107,7 @@ class TtsServers:
                 continue  # being started or checked right now
             try:
                 if not procs.alive(proc) and self._procs.get(name) is proc:
-                    log.warning("the %s TTS server exited (code %s)", name, procs.exit_code(proc))
+                    log.warning("the %s TTS server %s", name, procs.how_it_ended(proc))
                     del self._procs[name]
                     dead.append(self.models[name])
             finally:

@@ -179,6 +179,31 @@ def test_a_relayed_offer_starts_the_avatar_and_its_session_holds_the_connection(
     wait_for(lambda: m.info("demo") is None, 30, "the instance to stop once no session holds it")
 
 
+def test_the_sessions_of_a_stopped_instance_are_forgotten(fleet):
+    """A relayed session's record holds a connection of its instance; once that instance is gone
+    (stopped with the session still open), nothing is left to hold, and the record goes too."""
+    from avatar_manager.relayed_sessions import KIND
+    from avatar_manager.store.sqlite import SqliteStore
+
+    m = fleet()
+    store = SqliteStore(m.data_dir / "manager.sqlite3")
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            viewer = await Viewer(m.url + "/avatar/demo").connect(http)
+            try:
+                assert [d["sessionid"] for d in store.list_docs(KIND)] == [viewer.sessionid]
+                assert m.post("/avatar/stop", {"avatar_id": "demo"}).status_code == 200
+                await eventually(lambda: not store.list_docs(KIND), 20, "the stopped instance's sessions forgotten")
+            finally:
+                await viewer.close()
+
+    try:
+        run(scenario())
+    finally:
+        store.close()
+
+
 def test_an_offer_the_worker_refuses_gives_its_connection_back_at_once(fleet):
     m = fleet()
     config = m.data_dir / "avatars" / "demo" / "config.json"

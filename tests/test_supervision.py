@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -257,3 +258,20 @@ def _exec_worker() -> None:
 
 if __name__ == "__main__":
     _exec_worker()
+
+
+def test_an_exit_is_told_by_its_code_or_its_signals_name():
+    from avatar_manager.procs import how_it_ended
+
+    def ended(*argv: str, kill: int | None = None) -> str:
+        proc = subprocess.Popen([sys.executable, "-c", *argv])
+        if kill is not None:
+            proc.send_signal(kill)
+        proc.wait(timeout=20)
+        return how_it_ended(proc)
+
+    assert ended("raise SystemExit(3)") == "exited with code 3"
+    killed = ended("import time; time.sleep(30)", kill=signal.SIGKILL)
+    assert killed.startswith("was killed by SIGKILL") and "out-of-memory" in killed
+    assert ended("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)") == "was killed by SIGSEGV"
+    assert "unknown" in how_it_ended(psutil.Process())
