@@ -10,7 +10,7 @@ import re
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from contracts.openapi import Body
+from contracts.openapi import Body, error_responses
 from lipsync_worker.avatar_config import ENGINES, NAME
 from lipsync_worker import schemas as worker_schemas
 
@@ -321,17 +321,13 @@ SCHEMAS += (worker_schemas.OfferSchema, worker_schemas.AnswerSchema, worker_sche
             worker_schemas.HumanAudioSchema, worker_schemas.SessionRequestSchema, WorkerErrorSchema)
 
 
-def _error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-
-
 # The error answers, referred to by the routes as '#/components/responses/NAME'.
-RESPONSES = {
-    "BadRequest": _error("bad input; nothing was changed"),
-    "Unauthorized": _error("API_TOKEN is set and the Authorization header does not carry it"),
-    "NotFound": _error("no such avatar, instance or job"),
-    "Conflict": _error("the request contradicts what runs; nothing was changed"),
-    "TooLarge": _error("the body is over MAX_JSON_BYTES (or MAX_AVATAR_FILE_SIZE for an upload)"),
-    "Unavailable": _error("capacity (MAX_AVATARS with nothing idle to evict, or GPU memory), a start that "
-                          "failed, no supervisor, or the store down; `reason` says which"),
-}
+RESPONSES = error_responses({
+    "BadRequest": "bad input; nothing was changed",
+    "Unauthorized": "API_TOKEN is set and the Authorization header does not carry it",
+    "NotFound": "no such avatar, instance or job",
+    "Conflict": "the request contradicts what runs; nothing was changed",
+    "TooLarge": "the body is over MAX_JSON_BYTES (or MAX_AVATAR_FILE_SIZE for an upload)",
+    "Unavailable": "capacity (MAX_AVATARS with nothing idle to evict, or GPU memory), a start that "
+                   "failed, no supervisor, or the store down; `reason` says which",
+})

@@ -68,7 +68,7 @@ def _public_host(raw: str, host: str) -> str:
     except ValueError:
         if not _HOSTNAME.fullmatch(name) or len(name) > 253:
             raise ConfigError(f"PUBLIC_HOST={raw!r} must be a host name or an IP address, without a "
-                              "scheme, port or path (e.g. avatars.example.com or 203.0.113.7)") from None
+                              "scheme, port or path (e.g. avatars.example.com)") from None
         return name
     if address.is_unspecified:
         if raw.strip():

@@ -62,6 +62,14 @@ def flask_document(app, title: str, version: str, schemas: Iterable[type[Schema]
     return spec.to_dict()
 
 
+def error_responses(descriptions: dict[str, str], schema: str = "Error") -> dict:
+    """Named error answers for components/responses (routes refer to '#/components/responses/NAME'),
+    each a JSON body of the service's error schema."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {name: {"description": description, "content": {"application/json": {"schema": ref}}}
+            for name, description in descriptions.items()}
+
+
 def load(schema: Schema, data: object) -> dict:
     """The body checked against its schema; ValueError with a one-line reason when it is not."""
     if not isinstance(data, dict):

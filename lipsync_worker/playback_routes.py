@@ -44,16 +44,8 @@ def add_playback_routes(app: web.Application, avatar: Avatar, recorder: Recorder
               content:
                 application/json:
                   schema: Error
-            404:
-              description: no such session
-              content:
-                application/json:
-                  schema: Error
-            413:
-              description: the body is too large
-              content:
-                application/json:
-                  schema: Error
+            404: {$ref: '#/components/responses/NoSession'}
+            413: {$ref: '#/components/responses/TooLarge'}
         """
         body = checked(SetAudiotypeSchema, await read_json(request))
         name = body["audiotype"]
@@ -92,21 +84,13 @@ def add_playback_routes(app: web.Application, avatar: Avatar, recorder: Recorder
               content:
                 application/json:
                   schema: Error
-            404:
-              description: no such session
-              content:
-                application/json:
-                  schema: Error
+            404: {$ref: '#/components/responses/NoSession'}
             409:
               description: start_record while recording, or end_record while not recording
               content:
                 application/json:
                   schema: Error
-            413:
-              description: the body is too large
-              content:
-                application/json:
-                  schema: Error
+            413: {$ref: '#/components/responses/TooLarge'}
         """
         body = checked(RecordSchema, await read_json(request))
         session = find(body["sessionid"])

@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts import auth
-from contracts.openapi import aiohttp_document, load
+from contracts.openapi import aiohttp_document, error_responses, load
 from tts_services.audio import AudioTooLong, decode_file
 from tts_services.engines.base import AudioChunk
 
@@ -42,8 +42,15 @@ CORS_HEADERS = ("Content-Type", "Authorization")
 PAGE_PATHS = ("/", "/index.html", "/webrtcapi.html")   # LiveTalking's page names: bookmarks keep working
 # What answers without the API token: these reveal nothing a caller could act on.
 OPEN_PATHS = ("/health", "/openapi.json", *PAGE_PATHS)
-UNAUTHORIZED = {"description": auth.REFUSAL,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+# The error answers routes share, referred to as '#/components/responses/NAME'.
+ERROR_RESPONSES = error_responses({
+    "BadBody": "a bad body",
+    "NoSession": "no such session",
+    "Stalled": "the body stopped arriving",
+    "TooLarge": "body larger than 64 KiB",
+    "Unauthorized": auth.REFUSAL,
+})
+UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 
 
 def _ok(**data) -> web.Response:
@@ -105,8 +112,8 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
                 application/json:
                   schema: Answer
             400: {description: not an SDP offer, content: {application/json: {schema: Error}}}
-            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
-            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+            408: {$ref: '#/components/responses/Stalled'}
+            413: {$ref: '#/components/responses/TooLarge'}
             429:
               description: max_session sessions open, or MAX_CONNECTING_PER_CLIENT offers from this address connecting
               content: {application/json: {schema: Error}}
@@ -140,9 +147,9 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
           responses:
             200: {description: queued; speech starts with its first sentence, content: {application/json: {schema: Done}}}
             400: {description: "a bad body, text too long, or chat without an LLM", content: {application/json: {schema: Error}}}
-            404: {description: no such session, content: {application/json: {schema: Error}}}
-            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
-            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+            404: {$ref: '#/components/responses/NoSession'}
+            408: {$ref: '#/components/responses/Stalled'}
+            413: {$ref: '#/components/responses/TooLarge'}
             429:
               description: the session has MAX_QUEUED_SPEECH_SECONDS of speech queued already
               content: {application/json: {schema: Error}}
@@ -179,7 +186,7 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
           responses:
             200: {description: queued, content: {application/json: {schema: Done}}}
             400: {description: not a form with sessionid and a readable audio file, content: {application/json: {schema: Error}}}
-            404: {description: no such session, content: {application/json: {schema: Error}}}
+            404: {$ref: '#/components/responses/NoSession'}
             408: {description: the form did not arrive in time, content: {application/json: {schema: Error}}}
             413:
               description: file larger than 20 MB, or longer than MAX_AUDIO_SECONDS (120 s)
@@ -228,10 +235,10 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
                 schema: SessionRequest
           responses:
             200: {description: silenced, content: {application/json: {schema: Done}}}
-            400: {description: a bad body, content: {application/json: {schema: Error}}}
-            404: {description: no such session, content: {application/json: {schema: Error}}}
-            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
-            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+            400: {$ref: '#/components/responses/BadBody'}
+            404: {$ref: '#/components/responses/NoSession'}
+            408: {$ref: '#/components/responses/Stalled'}
+            413: {$ref: '#/components/responses/TooLarge'}
         """
         find(checked(SessionRequestSchema, await read_json(request))["sessionid"]).interrupt()
         return _ok(msg="ok")
@@ -248,10 +255,10 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
                 schema: SessionRequest
           responses:
             200: {description: the answer, content: {application/json: {schema: Speaking}}}
-            400: {description: a bad body, content: {application/json: {schema: Error}}}
-            404: {description: no such session, content: {application/json: {schema: Error}}}
-            408: {description: the body stopped arriving, content: {application/json: {schema: Error}}}
-            413: {description: body larger than 64 KiB, content: {application/json: {schema: Error}}}
+            400: {$ref: '#/components/responses/BadBody'}
+            404: {$ref: '#/components/responses/NoSession'}
+            408: {$ref: '#/components/responses/Stalled'}
+            413: {$ref: '#/components/responses/TooLarge'}
         """
         session = find(checked(SessionRequestSchema, await read_json(request))["sessionid"])
         return _ok(data=session.speaking)
@@ -281,7 +288,7 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
                 text/event-stream:
                   schema: {type: string}
             400: {description: sessionid is not a number, content: {application/json: {schema: Error}}}
-            404: {description: no such session, content: {application/json: {schema: Error}}}
+            404: {$ref: '#/components/responses/NoSession'}
         """
         sessionid = checked(EventsQuerySchema, dict(request.query))["sessionid"]
         if sessionid is not None:
@@ -377,6 +384,7 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         """
         if not document:  # made at first use, when every route (and its CORS preflight) is in
             document.update(aiohttp_document(app, "lip-sync worker", "1.0", SCHEMAS))
+            document["components"]["responses"] = ERROR_RESPONSES
             if settings.api_token:
                 auth.document(document, OPEN_PATHS, UNAUTHORIZED)
         return web.json_response(document)

@@ -37,9 +37,13 @@ def many_files():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = STALLED + 200
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"the hard limit on open files ({hard}) is below {wanted}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        # Root (as CI runs) may raise the hard limit too; anyone else gets a failure that says why.
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard) if hard != resource.RLIM_INFINITY
+                                                        else hard))
+        except (ValueError, OSError) as exc:
+            pytest.fail(f"this test needs {wanted} open files and the hard limit is {hard} ({exc}): "
+                        f"raise it (ulimit -Hn) or run as root")
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
@@ -190,7 +194,7 @@ def test_a_forged_host_header_does_not_reach_webrtc_url(manager):
     ({}, "127.0.0.1"),
     ({"AVATAR_MANAGER_HOST": "0.0.0.0"}, "127.0.0.1"),
     ({"AVATAR_MANAGER_HOST": "::"}, "127.0.0.1"),
-    ({"AVATAR_MANAGER_HOST": "192.168.1.20"}, "192.168.1.20"),
+    ({"AVATAR_MANAGER_HOST": "198.18.0.20"}, "198.18.0.20"),
     ({"AVATAR_MANAGER_HOST": "::1"}, "[::1]"),
     ({"AVATAR_MANAGER_HOST": "0.0.0.0", "PUBLIC_HOST": "avatars.example.com"}, "avatars.example.com"),
     ({"PUBLIC_HOST": "2001:db8::7"}, "[2001:db8::7]"),

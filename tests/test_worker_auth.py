@@ -42,6 +42,16 @@ async def offer_of(viewer: Viewer) -> dict:
     return {"sdp": viewer.pc.localDescription.sdp, "type": "offer"}
 
 
+async def say_and_hear(http, viewer: Viewer) -> None:
+    """/human is taken, and its speech reaches the viewer within 10 s."""
+    said = time.monotonic()
+    status, body = await viewer.post(http, "/human", text=TEXT)
+    assert (status, body) == (200, {"code": 0, "msg": "ok"})
+    deadline = time.monotonic() + 10
+    while loud_after(viewer.received.audio, said, LOUD_RMS) is None:
+        assert time.monotonic() < deadline, "no speech arrived"
+        await asyncio.sleep(0.1)
+
 def test_a_worker_and_its_voice_server_answer_only_with_the_token(spawn, demo_source):
     tts = spawn(tts_argv("espeak"), env={"API_TOKEN": TOKEN})
     worker = spawn([sys.executable, "-m", "lipsync_worker", "--avatar_id", "demo", "--listenport", "{port}",
@@ -89,13 +99,7 @@ def test_a_worker_and_its_voice_server_answer_only_with_the_token(spawn, demo_so
                 assert tts_requests(tts.url) == 1
                 assert loud_after(viewer.received.audio, 0, LOUD_RMS) is None
 
-                said = time.monotonic()
-                status, body = await viewer.post(http, "/human", text=TEXT)
-                assert (status, body) == (200, {"code": 0, "msg": "ok"})
-                deadline = time.monotonic() + 10
-                while loud_after(viewer.received.audio, said, LOUD_RMS) is None:
-                    assert time.monotonic() < deadline, "no speech arrived"
-                    await asyncio.sleep(0.1)
+                await say_and_hear(http, viewer)
                 status, body = await viewer.post(http, "/is_speaking")
                 assert status == 200 and body["code"] == 0
             finally:
@@ -166,13 +170,7 @@ def test_the_fleet_works_behind_the_token_and_nothing_gets_in_without_it(fleet):
         async with aiohttp.ClientSession(headers=m.headers) as http:
             viewer = await Viewer(m.url + "/avatar/demo").connect(http)
             try:
-                said = time.monotonic()
-                status, body = await viewer.post(http, "/human", text=TEXT)
-                assert (status, body) == (200, {"code": 0, "msg": "ok"})
-                deadline = time.monotonic() + 10
-                while loud_after(viewer.received.audio, said, LOUD_RMS) is None:
-                    assert time.monotonic() < deadline, "no speech arrived"
-                    await asyncio.sleep(0.1)
+                await say_and_hear(http, viewer)
                 assert viewer.received.video and viewer.received.video[-1][1:] == (512, 512)
                 status, body = await viewer.post(http, "/is_speaking")
                 assert status == 200 and body["code"] == 0

@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from contracts import auth
-from contracts.openapi import aiohttp_document
+from contracts.openapi import aiohttp_document, error_responses
 
 from . import protocol
 from .engines.base import AudioChunk, BadRequest, TTSEngine, UpstreamUnavailable
@@ -271,12 +271,11 @@ def document(app: web.Application, engine: TTSEngine, settings: Settings) -> dic
     spec = aiohttp_document(app, f"TTS server ({engine.name})", "1.0",
                             [speech_schema(engine, settings.max_text_chars), ErrorSchema, VoiceSchema,
                              VoicesSchema, HealthSchema])
-    spec["components"]["responses"] = {name: {"description": description, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}} for name, description in (
-        ("BadRequest", "The body is not JSON, not an object, or a field is wrong; the message names what is allowed"),
-        ("TooLarge", f"The body is over {MAX_BODY_BYTES} bytes"),
-        ("Unavailable", "The voice cannot be produced now (no network, the upstream server down or silent)"),
-        ("Unauthorized", auth.REFUSAL))}
+    spec["components"]["responses"] = error_responses({
+        "BadRequest": "The body is not JSON, not an object, or a field is wrong; the message names what is allowed",
+        "TooLarge": f"The body is over {MAX_BODY_BYTES} bytes",
+        "Unavailable": "The voice cannot be produced now (no network, the upstream server down or silent)",
+        "Unauthorized": auth.REFUSAL})
     if settings.api_token:
         auth.document(spec, OPEN_PATHS, {"$ref": "#/components/responses/Unauthorized"})
     return spec
