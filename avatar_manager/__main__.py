@@ -10,7 +10,7 @@ from pathlib import Path
 from .logs import setup_logging
 from .settings import ConfigError, Settings
 from .store import StoreError, open_store
-from .supervisor import Supervisor
+from .agent import HostAgent
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 
@@ -28,7 +28,7 @@ def serve() -> int:
     api = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", f"{host}:{settings.port}",
            "avatar_manager.api:create_app()"]
     try:
-        Supervisor(settings, store, api).run()
+        HostAgent(settings, store, api).run()
     except SystemExit as exc:
         print(f"avatar_manager: {exc}", file=sys.stderr)
         return 1

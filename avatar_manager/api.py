@@ -23,9 +23,10 @@ from . import __version__, metrics, registration, relay_routes, schemas, tts
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
 from .logs import setup_logging
-from .pool import BadRequest, Conflict, Pool, StartFailed, Unavailable
+from .fleet import BadRequest, Conflict, Fleet, StartFailed, Unavailable, valid_name
+from .placement import CapacityError
 from .settings import Settings
-from .store import CapacityError, NotFound, StoreError, open_store
+from .store import NotFound, StoreError, open_store
 
 log = logging.getLogger("avatar_manager.api")
 WEB = Path(__file__).parent / "web"
@@ -109,7 +110,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     setup_logging(None)
     store = open_store(settings)
-    pool = Pool(settings, store)
+    fleet = Fleet(settings, store)
     app = Flask("avatar_manager", static_folder=WEB, static_url_path="/static")
     app.request_class = _Request
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -201,7 +202,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             503: {$ref: '#/components/responses/Unavailable'}
         """
         store.ping()
-        if not pool.supervised():
+        if not fleet.supervised():
             return _reply("no supervisor holds the lease", status=503)
         return _reply("ready", {"store": "redis" if settings.redis_url else "sqlite"})
 
@@ -272,7 +273,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             503: {$ref: '#/components/responses/Unavailable'}
         """
         body = _load(schemas.StartSchema())
-        instance, created = pool.start(body["avatar_id"], body["avatar_name"])
+        instance, created = fleet.start(body["avatar_id"], body["avatar_name"])
         verb = "started" if created else "joined"
         return _reply(f"avatar {instance.avatar} {verb} ({instance.connections} connection(s))",
                       {**instance.to_api(settings.public_host), "is_new": created})
@@ -293,7 +294,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         """
         body = _load(schemas.DisconnectSchema())
         key = body["avatar_name"] or body["avatar_id"]
-        instance = pool.disconnect(key)
+        instance = fleet.disconnect(key)
         return _reply(f"avatar {instance.avatar} disconnected ({instance.connections} connection(s) left)",
                       instance.to_api(settings.public_host))
 
@@ -313,7 +314,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             503: {$ref: '#/components/responses/Unavailable'}
         """
         body = _load(schemas.StopSchema())
-        remaining = pool.stop(body["avatar_id"], body["force"])
+        remaining = fleet.stop(body["avatar_id"], body["force"])
         if remaining is not None:
             return _reply(f"avatar {remaining.avatar} stays up with {remaining.connections} connection(s)",
                           remaining.to_api(settings.public_host))
@@ -333,7 +334,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             413: {$ref: '#/components/responses/TooLarge'}
             503: {$ref: '#/components/responses/Unavailable'}
         """
-        instance = pool.restart(_load(schemas.RestartSchema())["avatar_id"])
+        instance = fleet.restart(_load(schemas.RestartSchema())["avatar_id"])
         return _reply(f"avatar {instance.avatar} restarted", instance.to_api(settings.public_host))
 
     @app.post("/avatar/stop-all")
@@ -346,7 +347,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             401: {$ref: '#/components/responses/Unauthorized'}
             503: {$ref: '#/components/responses/Unavailable'}
         """
-        count = pool.stop_all()
+        count = fleet.stop_all()
         return _reply(f"{count} avatar instance(s) stopped")
 
     @app.get("/avatar/list")
@@ -364,7 +365,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             401: {$ref: '#/components/responses/Unauthorized'}
             503: {$ref: '#/components/responses/Unavailable'}
         """
-        instances = [i.to_api(settings.public_host) for i in pool.list(everything=_flag("all"))]
+        instances = [i.to_api(settings.public_host) for i in fleet.list(everything=_flag("all"))]
         return _reply("ok", instances, count=len(instances))
 
     @app.get("/avatar/info/<key>")
@@ -381,7 +382,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             404: {$ref: '#/components/responses/NotFound'}
             503: {$ref: '#/components/responses/Unavailable'}
         """
-        return _reply("ok", pool.find(key).to_api(settings.public_host))
+        return _reply("ok", fleet.find(key).to_api(settings.public_host))
 
     @app.get("/tts")
     def tts_servers():
@@ -402,7 +403,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # --- the signalling relay: LiveTalking's worker routes, reached through the manager -----------
 
-    relay_routes.register(app, pool, store)
+    relay_routes.register(app, fleet, store)
 
     # --- the web console ---------------------------------------------------------------------------
 
@@ -468,7 +469,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                 "tts_model": form["tts_model"] or None, "timbre": form["timbre"] or None,
                 "engine": form["engine"] or None}
         registration.check_request(settings, store, name, meta["tts_model"], meta["engine"])
-        if not pool.supervised():
+        if not fleet.supervised():
             raise Unavailable("no supervisor is running to prepare the avatar")
         job = registration.submit(settings, store, name, meta, upload.save)
         return _job_reply(registration.wait(store, job, settings.register_wait))
@@ -540,7 +541,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             401: {$ref: '#/components/responses/Unauthorized'}
             404: {$ref: '#/components/responses/NotFound'}
         """
-        pool.find_name(name)
+        valid_name(name)
         path = registration.preview(settings, name)
         if path is None:
             raise NotFound(f"no avatar {name!r}")
@@ -561,14 +562,14 @@ def create_app(settings: Settings | None = None) -> Flask:
             409: {$ref: '#/components/responses/Conflict'}
             503: {$ref: '#/components/responses/Unavailable'}
         """
-        pool.find_name(name)
+        valid_name(name)
         if not registration.exists(settings, store, name):
             raise NotFound(f"no avatar {name!r}")
         instance = store.get(name)
         if instance is not None and instance.avatar == name:  # not another avatar's instance id
             if instance.state != State.FAILED:
                 return _reply(f"avatar {name!r} has a {instance.state.value} instance; stop it first", status=409)
-            pool.forget_failed(name)
+            fleet.forget_failed(name)
         registration.delete(settings, store, name)
         return _reply(f"avatar {name} deleted")
 

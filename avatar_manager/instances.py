@@ -1,13 +1,15 @@
 """An avatar instance as the store records it, and its lifecycle states.
 
-STARTING -> RUNNING -> STOPPING -> STOPPED; a crash: RUNNING -> EXITED -> BACKOFF -> STARTING;
-too many failed starts: FAILED (stays down until /avatar/restart).
+STARTING -> RUNNING -> STOPPING -> STOPPED; a crash (or a failed restart): RUNNING (STARTING) ->
+EXITED -> BACKOFF -> STARTING; a first start that fails, or too many failures in a row: FAILED
+(stays down until /avatar/restart). A start replaces a record that
+is down (FAILED, STOPPED, EXITED) with a new STARTING one.
 One record per avatar name: users who pick the same avatar share its instance.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from enum import Enum
 
@@ -24,13 +26,13 @@ class State(str, Enum):
 
 # Every move between states; a record may also stay in its state while its fields change.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.BACKOFF, State.FAILED}),
+    State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.EXITED, State.FAILED}),
     State.RUNNING: frozenset({State.STOPPING, State.EXITED}),
     State.STOPPING: frozenset({State.STOPPED, State.STARTING}),  # STARTING: a restart
-    State.STOPPED: frozenset(),
-    State.EXITED: frozenset({State.BACKOFF, State.FAILED, State.STOPPING}),
+    State.STOPPED: frozenset({State.STARTING}),
+    State.EXITED: frozenset({State.BACKOFF, State.FAILED, State.STOPPING, State.STARTING}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPING}),
-    State.FAILED: frozenset({State.STOPPING}),
+    State.FAILED: frozenset({State.STOPPING, State.STARTING}),
 }
 
 
@@ -122,3 +124,24 @@ def record_value(value: object) -> str:
     if isinstance(value, State):
         return value.value
     return str(int(value) if isinstance(value, bool) else value)
+
+
+# How users are counted: one rule for both stores (each applies it atomically).
+
+def joining(now: float) -> tuple[dict[str, int], dict[str, float]]:
+    """What one more user adds to a record, and what it sets: in use, so not idle. A store applies
+    it as one atomic increment (the hot path of every warm start); `joined` in Python."""
+    return {"connections": 1}, {"idle_since": 0.0, "active_at": now}
+
+
+def joined(instance: Instance, now: float) -> Instance:
+    """The record after one more user joined it."""
+    added, changes = joining(now)
+    return replace(instance, **{k: getattr(instance, k) + n for k, n in added.items()}, **changes)
+
+
+def left(instance: Instance, now: float) -> Instance:
+    """The record after a user left it: never below 0 users; idle from the moment the last one left."""
+    connections = max(0, instance.connections - 1)
+    idle_since = now if connections == 0 and instance.connections > 0 else instance.idle_since
+    return replace(instance, connections=connections, idle_since=idle_since)

@@ -17,30 +17,27 @@ it does not own (a manager killed outright leaves them). Each such worker is set
 """
 from __future__ import annotations
 
-import subprocess
-
-import psutil
-
 from . import procs
 from .instances import Instance, State
+from .steps import Child, Proc
 from .store.base import Store
 
 SCAN_EVERY = 5.0     # seconds between scans of every process for workers of ours nobody owns
 HEALTH_TIMEOUT = 2.0
 
-Child = subprocess.Popen | psutil.Process
 
-
-def unrecorded(children: dict[str, Child], records: list[Instance], busy: set[str]) -> list[Child]:
-    """Our children that the store does not record (no record of their avatar with their pid),
-    leaving out avatars with a step in flight (a start records its pid only after the spawn)."""
+def unrecorded(workers: dict[str, Child], records: list[Instance]) -> list[Proc]:
+    """Our workers that the store does not record (no record of their avatar with their pid),
+    leaving out those with a step in flight (a start records its pid only after the spawn)."""
     pids = {r.avatar: r.pid for r in records}
-    return [child for avatar, child in children.items() if avatar not in busy and pids.get(avatar) != child.pid]
+    return [c.proc for avatar, c in workers.items()
+            if c.proc is not None and not c.busy and pids.get(avatar) != c.proc.pid]
 
 
-def strays(found: list[procs.WorkerProcess], children: dict[str, Child], busy: set[str]) -> list[procs.WorkerProcess]:
+def strays(found: list[procs.WorkerProcess], workers: dict[str, Child]) -> list[procs.WorkerProcess]:
     """Workers of ours running on the host that we do not own."""
-    owned = {c.pid for c in children.values()}
+    owned = {c.proc.pid for c in workers.values() if c.proc is not None}
+    busy = {avatar for avatar, c in workers.items() if c.busy}
     return [w for w in found if w.pid not in owned and w.avatar not in busy]
 
 

@@ -9,8 +9,9 @@ from contracts.openapi import load
 from lipsync_worker import schemas as worker_schemas
 
 from . import relay, relayed_sessions
-from .pool import BadRequest, Pool, StartFailed, Unavailable
-from .store import CapacityError, NotFound, Store, StoreError
+from .fleet import BadRequest, Fleet, StartFailed, Unavailable, valid_name
+from .placement import CapacityError
+from .store import NotFound, Store, StoreError
 
 # The worker answers these as they are; the relay adds its own refusals.
 _ERRORS = """
@@ -66,9 +67,9 @@ def _answer(answer: relay.Answer) -> Response:
     return Response(answer.body, status=answer.status, content_type=answer.content_type)
 
 
-def blueprint(pool: Pool, store: Store) -> Blueprint:
+def blueprint(fleet: Fleet, store: Store) -> Blueprint:
     routes = Blueprint("relay", __name__)
-    streams = relay.Streams(pool.settings.api_token)
+    streams = relay.Streams(fleet.settings.api_token)
 
     @routes.before_request
     def body_limit():
@@ -108,18 +109,18 @@ def blueprint(pool: Pool, store: Store) -> Blueprint:
               content: {application/json: {schema: {$ref: '#/components/schemas/Answer'}}}
         """
         body = request.get_data()
-        pool.find_name(key)
+        valid_name(key)
         try:
             load(worker_schemas.OfferSchema(), request.get_json(silent=True))
         except (ValueError, RecursionError) as exc:
             raise BadRequest(f'expected {{"sdp": "<SDP offer>", "type": "offer"}}: {exc}') from None
         try:  # the key may be the id of a running instance, whatever its avatar's name
-            avatar = pool.find(key).avatar
+            avatar = fleet.find(key).avatar
         except NotFound:
             avatar = None
-        instance, _ = pool.start(key, avatar)
+        instance, _ = fleet.start(key, avatar)
         try:
-            answer = relay.forward(instance, "offer", body, "application/json", pool.settings.api_token)
+            answer = relay.forward(instance, "offer", body, "application/json", fleet.settings.api_token)
         except relay.RelayError:
             relayed_sessions.release(store, instance.avatar, instance.token)
             raise
@@ -137,8 +138,8 @@ def blueprint(pool: Pool, store: Store) -> Blueprint:
 
     def forwarding(path: str, summary: str, body: str):
         def view(key: str):
-            return _answer(relay.forward(pool.find(key), path, request.get_data(),
-                                         request.content_type or "application/json", pool.settings.api_token))
+            return _answer(relay.forward(fleet.find(key), path, request.get_data(),
+                                         request.content_type or "application/json", fleet.settings.api_token))
         view.__name__ = path
         view.__doc__ = _post_doc(path, summary, body)
         return _with_errors(view, indent=8)
@@ -148,7 +149,7 @@ def blueprint(pool: Pool, store: Store) -> Blueprint:
                             methods=["POST"])
 
     def stream(key: str, path: str, params: dict[str, str]) -> Response:
-        upstream = streams.open(pool.find(key), path, params)
+        upstream = streams.open(fleet.find(key), path, params)
         worker = upstream.response
         if worker.status_code != 200:  # the worker's refusal, as it is
             try:
@@ -204,5 +205,5 @@ def blueprint(pool: Pool, store: Store) -> Blueprint:
     return routes
 
 
-def register(app: Flask, pool: Pool, store: Store) -> None:
-    app.register_blueprint(blueprint(pool, store))
+def register(app: Flask, fleet: Fleet, store: Store) -> None:
+    app.register_blueprint(blueprint(fleet, store))

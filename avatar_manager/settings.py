@@ -152,7 +152,7 @@ class Settings:
             idle_timeout=number(env, "IDLE_TIMEOUT", 300.0, 0.0),
             health_check_interval=number(env, "HEALTH_CHECK_INTERVAL", 5.0, 0.1),
             health_check_misses=number(env, "HEALTH_CHECK_MISSES", 3, 1, int),
-            # 30: a whole start (pool.Pool.start_wait: 30 + 2 x STOP_TIMEOUT + 5) ends before the
+            # 30: a whole start (fleet.Fleet.start_wait: 30 + 2 x STOP_TIMEOUT + 5) ends before the
             # 60 s the existing backend waits, so a slow one fails here, with its reason.
             startup_timeout=number(env, "STARTUP_TIMEOUT", 30.0, 1.0),
             stop_timeout=number(env, "STOP_TIMEOUT", 10.0, 0.1),

@@ -2,21 +2,22 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
-import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tts_services.models import MODELS, canonical_model
-
 import psutil
 
+from tts_services.models import MODELS, canonical_model
+
 from . import procs
+from .steps import Child, Proc, Report, Steps, backoff_delay
 
 log = logging.getLogger("avatar_manager.tts")
 OWNER_ENV = "AVATAR_FLEET_OWNER"
+OTHERS_RECHECK = 30.0  # seconds a server not ours that answered is trusted without a look
 
 
 @dataclass(frozen=True)
@@ -57,80 +58,107 @@ def serving(model: TtsModel, timeout: float = 1.0) -> bool:
 
 
 class TtsServers:
-    """The TTS servers this supervisor owns: those it started, and those an earlier manager
-    started (adopted). A server an operator runs on the model's port is used, not owned."""
+    """The TTS servers this host agent owns, a Child record each: those it started, and those an
+    earlier manager started (adopted). A server an operator runs on the model's port is used,
+    not owned. Started when a worker first needs one; a server of ours that dies is started again
+    with backoff. Driven by the agent's loop, like the supervisor: only the loop changes a record."""
 
     def __init__(self, models: dict[str, TtsModel], owner: str, log_dir: Path, startup_timeout: float,
-                 stop_timeout: float, api_token: str | None) -> None:
+                 stop_timeout: float, api_token: str | None, steps: Steps,
+                 shutting_down: Callable[[], bool]) -> None:
         self.models = models
         self.api_token = api_token  # our servers require it on /tts; /health stays open
         self.owner = owner  # marks our servers (in their environment), so we adopt no one else's
         self.log_dir = log_dir
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
-        self._procs: dict[str, subprocess.Popen | psutil.Process] = {}
-        self._locks = {name: threading.Lock() for name in models}
+        self.steps = steps
+        self.shutting_down = shutting_down
+        self.servers = {name: Child(name) for name in models}
+        self.ran: set[str] = set()  # servers of ours that were up: started again when they die
 
-    def ensure(self, model: TtsModel, cancelled: Callable[[], bool] = lambda: False) -> str | None:
-        """Make sure the model's server answers; None when it does, else why it does not."""
-        with self._locks[model.name]:
-            if serving(model):
-                return None
-            proc = self._procs.get(model.name)
-            if proc is not None:
-                del self._procs[model.name]
-                procs.kill_tree(proc, self.stop_timeout)  # ours, but not answering
-            log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
-            log.info("starting the %s TTS server on port %d", model.name, model.port)
-            proc = procs.spawn(model.argv(), procs.service_env(self.api_token, **{OWNER_ENV: self.owner}), log_path)
-            outcome = procs.wait_ready(proc, lambda: serving(model, timeout=0.5), self.startup_timeout, cancelled)
-            if outcome == procs.Outcome.READY:
-                self._procs[model.name] = proc
-                return None
-            # Not one of ours to restart later: the next worker that needs it tries again.
-            procs.kill_tree(proc, self.stop_timeout)
-            if outcome == procs.Outcome.EXITED:
-                return (f"the {model.name} TTS server {procs.how_it_ended(proc)}: "
-                        f"{procs.log_tail(log_path, 5)}")
-            if outcome == procs.Outcome.CANCELLED:
-                return f"the {model.name} TTS server was not waited for: shutting down"
-            return f"the {model.name} TTS server did not answer within {self.startup_timeout:g} s"
+    def ready_for(self, model: TtsModel, now: float) -> bool:
+        """Whether a worker that speaks with `model` may start now: its server is ours and up, or
+        it cannot be had for now (it failed a moment ago, or another one answers on its port). False
+        while its start is under way, which this call begins if need be."""
+        server = self.servers[model.name]
+        if server.busy:
+            return False
+        if server.proc is not None or now < server.retry_at:
+            return True
+        self.steps.run(server, lambda report: self._start(report, server, model))
+        return False
+
+    def tick(self, now: float) -> None:
+        """Servers of ours that died are collected (none stays a zombie) and started again after
+        a backoff."""
+        for name, server in self.servers.items():
+            if server.busy:
+                continue
+            if server.proc is not None and not procs.alive(server.proc):
+                log.warning("the %s TTS server %s", name, procs.how_it_ended(server.proc))
+                server.proc = None
+                self._failed(server, now)
+            elif server.proc is None and name in self.ran and now >= server.retry_at:
+                model = self.models[name]
+                self.steps.run(server, lambda report, server=server, model=model: self._start(report, server, model))
+
+    def _failed(self, server: Child, now: float) -> None:
+        server.failures += 1
+        server.retry_at = now + backoff_delay(server.failures)
+
+    def _start(self, report: Report, server: Child, model: TtsModel) -> None:
+        if serving(model):  # an operator's own server (or ours, adopted meanwhile): used as it is
+            report(lambda: self._started(server, None, None))
+            return
+        log_path = self.log_dir / f"tts_{model.name}_{model.port}.log"
+        log.info("starting the %s TTS server on port %d", model.name, model.port)
+        proc = procs.spawn(model.argv(), procs.service_env(self.api_token, **{OWNER_ENV: self.owner}), log_path)
+        outcome = procs.wait_ready(proc, lambda: serving(model, timeout=0.5), self.startup_timeout, self.shutting_down)
+        if outcome == procs.Outcome.READY:
+            report(lambda: self._started(server, proc, None))
+            return
+        procs.kill_tree(proc, self.stop_timeout)
+        why = {procs.Outcome.EXITED: f"the {model.name} TTS server {procs.how_it_ended(proc)}: "
+                                     f"{procs.log_tail(log_path, 5)}",
+               procs.Outcome.CANCELLED: f"the {model.name} TTS server was not waited for: shutting down"
+               }.get(outcome, f"the {model.name} TTS server did not answer within {self.startup_timeout:g} s")
+        report(lambda: self._started(server, None, why))
+
+    def _started(self, server: Child, proc: Proc | None, why: str | None) -> None:
+        if why is not None:
+            log.error("%s; workers fall back to the offline voice meanwhile", why)
+            self._failed(server, time.time())
+            return
+        server.proc = proc
+        server.failures = 0
+        if proc is not None:
+            self.ran.add(server.name)
+        # An operator's server answered: looked at again only when a worker starts after this.
+        server.retry_at = 0.0 if proc is not None else time.time() + OTHERS_RECHECK
 
     def pids(self) -> set[int]:
-        return {p.pid for p in self._procs.values()}
-
-    def reap(self) -> list[TtsModel]:
-        """The servers of ours that died (their exit status collected, so none stays a zombie)."""
-        dead = []
-        for name, proc in list(self._procs.items()):
-            if not self._locks[name].acquire(blocking=False):
-                continue  # being started or checked right now
-            try:
-                if not procs.alive(proc) and self._procs.get(name) is proc:
-                    log.warning("the %s TTS server %s", name, procs.how_it_ended(proc))
-                    del self._procs[name]
-                    dead.append(self.models[name])
-            finally:
-                self._locks[name].release()
-        return dead
+        return {s.proc.pid for s in self.servers.values() if s.proc is not None}
 
     def adopt(self) -> None:
         """Own the TTS servers an earlier manager of ours left running (it was SIGKILLed)."""
         listening = procs.listeners()
         for model in self.models.values():
-            proc = listening.get(model.port)
-            if proc is None or model.name in self._procs:
+            proc, server = listening.get(model.port), self.servers[model.name]
+            if proc is None or server.proc is not None or server.busy:
                 continue
             try:
                 ours = proc.cmdline()[1:] == model.argv()[1:] and proc.environ().get(OWNER_ENV) == self.owner
             except psutil.Error:
                 continue
             if ours and serving(model):
-                self._procs[model.name] = proc
+                server.proc = proc
+                self.ran.add(model.name)
                 log.info("adopted the %s TTS server (pid %d)", model.name, proc.pid)
 
     def stop_all(self) -> None:
-        for name, proc in list(self._procs.items()):
-            log.info("stopping the %s TTS server", name)
-            procs.kill_tree(proc, self.stop_timeout)
-            del self._procs[name]
+        for name, server in self.servers.items():
+            if server.proc is not None:
+                log.info("stopping the %s TTS server", name)
+                procs.kill_tree(server.proc, self.stop_timeout)
+                server.proc = None

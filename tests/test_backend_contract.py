@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from managers import ROOT, gone, wait_for
 
-from avatar_manager.pool import Pool
+from avatar_manager.fleet import Fleet
 from avatar_manager.settings import Settings
 
 FAKE = "tests.fake_worker"
@@ -230,7 +230,7 @@ def test_stop_with_a_joiners_id_is_a_conflict_and_changes_nothing(manager):
 
 def test_the_default_start_wait_is_below_the_backends_60_seconds(tmp_path):
     settings = Settings.from_env({"AVATAR_DATA_DIR": str(tmp_path)})
-    wait = Pool(settings, store=None).start_wait
+    wait = Fleet(settings, store=None).start_wait
     assert wait == settings.startup_timeout + 2 * settings.stop_timeout + 5
     assert wait < 60, wait
 

@@ -15,7 +15,7 @@ import requests
 from managers import make_avatar, wait_for
 
 from avatar_manager.instances import State
-from avatar_manager.pool import Pool, StartFailed
+from avatar_manager.fleet import Fleet, StartFailed
 from avatar_manager.ports import is_free
 from avatar_manager.settings import Settings
 from avatar_manager.store.sqlite import SqliteStore
@@ -160,7 +160,7 @@ def test_a_failed_start_leaves_the_next_instances_connections_alone(tmp_path, mo
     make_avatar(settings.data_dir, "x")
     store = SqliteStore(tmp_path / "store.sqlite3")
     store.take_lease("test", 60.0, time.time())
-    first, second = Pool(settings, store), Pool(settings, store)
+    first, second = Fleet(settings, store), Fleet(settings, store)
     wait_running = first._wait_running
 
     def fail_then_start_afresh(instance, deadline):

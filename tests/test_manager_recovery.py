@@ -97,3 +97,42 @@ def test_an_instance_with_a_live_session_is_never_idle(manager):
     (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
                                                     "sessions": 0}))
     wait_for(lambda: m.info("watched") is None, what="the instance stopped once nobody watches")
+
+
+def test_an_exit_by_a_signal_is_told_by_the_signals_name(manager):
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    m.avatar("s")
+    first = m.start_avatar("s").json()["data"]
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_for(lambda: (i := m.info("s")) and i["state"] == "RUNNING" and i["pid"] != first["pid"],
+             what="the worker replaced")
+    said = (m.log_dir / "manager.log").read_text()
+    assert "s: the worker was killed by SIGKILL (the kernel's out-of-memory killer sends SIGKILL" in said
+    assert "code -9" not in said
+
+
+def test_an_exit_recorded_by_a_supervisor_that_died_is_carried_on_by_the_next(manager):
+    """The supervisor wrote EXITED and was SIGKILLed before it could retry: the next leader finds
+    the record holding its port and restarts the instance there, its users kept."""
+    from avatar_manager.instances import State
+    from avatar_manager.store.sqlite import SqliteStore
+
+    m = manager(WORKER_MODULE="tests.fake_worker")
+    m.avatar("e")
+    first = m.start_avatar("e_user_1").json()["data"]
+    m.start_avatar("e_user_2")
+    m.kill()  # SIGKILL to the supervisor and gunicorn; the worker has a session of its own
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_for(lambda: gone(first["pid"]), what="the worker gone")
+    store = SqliteStore(m.data_dir / "manager.sqlite3")
+    exited = store.transition("e", {State.RUNNING}, State.EXITED, pid=0, failures=1,
+                              error="the worker was killed by SIGKILL")
+    store.close()
+    assert exited is not None and exited.port == first["port"]
+
+    again = manager(start=False, WORKER_MODULE="tests.fake_worker", **m.same_ports())
+    again.start()
+    restarted = wait_for(lambda: (i := again.info("e")) and i["state"] == "RUNNING" and i,
+                         what="the instance restarted by the next leader")
+    assert restarted["port"] == first["port"] and restarted["pid"] != first["pid"]
+    assert restarted["connections"] == 2 and restarted["restarts"] == 1

@@ -13,7 +13,8 @@ import pytest
 from conftest import free_port
 
 from avatar_manager.instances import State
-from avatar_manager.store.base import Busy, CapacityError, Claim, NotFound, StoreError, place_on_gpu
+from avatar_manager.placement import Busy, CapacityError, Claim, place_on_gpu
+from avatar_manager.store.base import NotFound, StoreError
 from avatar_manager.store.redis import RedisStore
 from avatar_manager.store.sqlite import SqliteStore
 
@@ -225,17 +226,19 @@ def test_transition_to_an_unknown_field_changes_nothing(store):
     assert store.get("alice").state == State.STARTING
 
 
-def test_stop_if_idle(store):
+def test_stop_when_idle_is_a_compare_and_set(store):
+    """The supervisor's idle stop and the eviction: RUNNING -> STOPPING only while no user came."""
+    idle = {"connections": 0, "sessions": 0}
     store.claim(claim("alice"))
-    assert not store.stop_if_idle("alice", NOW + 100)  # STARTING
+    assert not store.transition("alice", {State.RUNNING}, State.STOPPING, expect={**idle, "idle_since": 0.0})
     store.transition("alice", {State.STARTING}, State.RUNNING)
-    assert not store.stop_if_idle("alice", NOW + 100)  # a connection
+    assert not store.transition("alice", {State.RUNNING}, State.STOPPING, expect=idle)  # a connection
     store.disconnect("alice", NOW + 10)
-    assert not store.stop_if_idle("alice", NOW + 9)  # idle since after idle_before
-    assert store.stop_if_idle("alice", NOW + 10)
+    assert not store.transition("alice", {State.RUNNING}, State.STOPPING, expect={**idle, "idle_since": NOW + 9})
+    assert store.transition("alice", {State.RUNNING}, State.STOPPING, expect={**idle, "idle_since": NOW + 10})
     assert store.get("alice").state == State.STOPPING
-    assert not store.stop_if_idle("alice", NOW + 100)  # already stopping
-    assert not store.stop_if_idle("nobody", NOW + 100)
+    assert not store.transition("alice", {State.RUNNING}, State.STOPPING, expect=idle)  # already stopping
+    assert not store.transition("nobody", {State.RUNNING}, State.STOPPING, expect=idle)
 
 
 def test_remove_only_in_the_given_state(store):

@@ -17,7 +17,7 @@ import requests
 
 from avatar_manager import ports
 from avatar_manager.instances import Instance, State
-from avatar_manager.store.base import Claim
+from avatar_manager.placement import Claim
 from avatar_manager.store.redis import RedisStore
 from avatar_manager.store.sqlite import SqliteStore
 from conftest import free_port

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .base import Busy, CapacityError, Claim, Full, NotFound, Store, StoreError
+from .base import NotFound, Store, StoreError
 
-__all__ = ["Busy", "CapacityError", "Claim", "Full", "NotFound", "Store", "StoreError", "open_store"]
+__all__ = ["NotFound", "Store", "StoreError", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

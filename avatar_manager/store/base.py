@@ -1,114 +1,65 @@
-"""The store of record: one small interface, every allocation one atomic step inside it.
+"""The store of record: one small interface over two backends, SQLite (a file, safe across
+processes on one host) and Redis (safe across hosts).
 
-Two backends implement it: SQLite (a file, safe across processes on one host; each step is one
-BEGIN IMMEDIATE transaction) and Redis (safe across hosts; each step is one Lua script).
+A backend knows how to read records and how to write atomically, nothing about the rules: which
+states may follow which (instances.TRANSITIONS), how users are counted (instances.joining, left)
+and where a new instance goes (placement) are decided in Python, once, and applied by the
+backend in one atomic step (a compare-and-set, or a read-decide-write it retries when a record
+changed meanwhile).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import fields
+from typing import Callable, Iterable, TypeVar
 
-from ..instances import Instance, State, check_transition
+from .. import placement
+from ..instances import JOINABLE, Instance, State, check_transition, joining, left
+from ..placement import Claim
+
+T = TypeVar("T")
+FIELDS = frozenset(f.name for f in fields(Instance))
+CAS_TRIES = 1000  # a compare-and-set lost this often in a row means something is wrong, not busy
 
 
 class StoreError(Exception):
     """The store cannot be reached or answered with an error."""
 
 
-class CapacityError(Exception):
-    """No room for another instance (MAX_AVATARS, ports or GPU memory); the message says which."""
-
-
-class Full(CapacityError):
-    """Every MAX_AVATARS slot is held (the one capacity error an eviction can cure)."""
-
-
-class Busy(Exception):
-    """The avatar's instance is stopping; try again once it is gone."""
-
-
 class NotFound(Exception):
     """No instance with that name or id."""
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A start: join the avatar's instance, or create one with a port (and GPU) leased."""
-    avatar: str
-    instance_id: str
-    token: str
-    now: float
-    max_instances: int
-    ports: list[int]                 # candidates in order, already checked free on the system
-    gpus: list[tuple[int, int]]      # (index, free MB) in preference order; empty: no GPU
-    min_free_mb: int                 # a GPU needs this much free, less what starting instances reserved
-    gpu_required: bool               # the engine cannot run on the CPU
-
-
-def place_on_gpu(claim: Claim, reserved: dict[int, int]) -> int:
-    """The GPU with the most memory free after reservations, at least min_free_mb; -1 for the CPU.
-    The Redis backend does the same in Lua (store/redis.py) and a test keeps the two in step."""
-    best, best_free = -1, -1
-    for index, free_mb in claim.gpus:
-        free = free_mb - reserved.get(index, 0)
-        if free >= claim.min_free_mb and free > best_free:
-            best, best_free = index, free
-    if best < 0 and claim.gpus and claim.gpu_required:
-        raise CapacityError(f"no GPU has GPU_MIN_FREE_MB={claim.min_free_mb} MB free "
-                            f"(free: {', '.join(f'GPU {i} {f - reserved.get(i, 0)} MB' for i, f in claim.gpus)})")
-    return best
+Decide = Callable[[list[Instance]], tuple[T, list[Instance]]]
 
 
 class Store(ABC):
+    # --- what a backend provides -------------------------------------------------------------
+
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreError when the store cannot be used."""
 
     @abstractmethod
-    def join(self, avatar: str, now: float) -> Instance | None:
-        """Connections + 1 (and active_at = now) on the avatar's joinable instance; None if none."""
-
-    @abstractmethod
-    def claim(self, claim: Claim) -> tuple[Instance, bool]:
-        """Join the avatar's instance or create one in STARTING; (instance, created).
-        Full at MAX_AVATARS, CapacityError without a port or GPU, Busy while its old instance is
-        still stopping."""
-
-    @abstractmethod
-    def restore(self, instance: Instance, max_instances: int) -> bool:
-        """Record a live worker the store had lost (it was wiped or replaced): insert `instance`
-        only if no record has its avatar, none holding a port has its port, and one of the
-        max_instances slots is free; atomically. False, changing nothing, otherwise."""
-
-    @abstractmethod
-    def get(self, key: str) -> Instance | None:
-        """By avatar name, else by instance id."""
+    def record(self, avatar: str) -> Instance | None:
+        """The avatar's record."""
 
     @abstractmethod
     def list(self) -> list[Instance]:
-        """Every record, oldest first."""
+        """Every record, oldest first (created, then avatar)."""
 
     @abstractmethod
-    def disconnect(self, key: str, now: float, token: str | None = None) -> Instance:
-        """Connections - 1 (not below 0); idle_since = now when it reaches 0. NotFound if absent.
-        With a token: only while the record is still that instance (else returned unchanged)."""
-
-    def transition(self, avatar: str, allowed: frozenset[State] | set[State], to: State,
-                   **changes) -> Instance | None:
-        """Move to `to` and apply `changes` only if the state is one of `allowed`; None otherwise.
-        Every move is checked against instances.TRANSITIONS, the one table of the lifecycle."""
-        check_transition(allowed, to)
-        return self._transition(avatar, allowed, to, **changes)
+    def _update(self, avatar: str, allowed: Iterable[State] | None, expect: dict, add: dict,
+                changes: dict) -> Instance | None:
+        """One compare-and-set: only while the record's state is one of `allowed` (None: any) and
+        each field in `expect` has that value, add `add` to its fields and set `changes`; the
+        record as it is then, or None (nothing changed). Field names are checked by the caller."""
 
     @abstractmethod
-    def _transition(self, avatar: str, allowed: frozenset[State] | set[State], to: State,
-                    **changes) -> Instance | None:
-        """transition() as one atomic compare-and-set, unchecked."""
-
-    @abstractmethod
-    def stop_if_idle(self, avatar: str, idle_before: float) -> bool:
-        """RUNNING with no connections since idle_before or earlier, and no live session as the
-        worker last said -> STOPPING, atomically."""
+    def _atomically(self, decide: Decide) -> T:
+        """Read every record, call decide(records) -> (result, records to write whole), write
+        them, as one atomic step (retried, calling decide again, if a record changed meanwhile);
+        the result. An exception from decide changes nothing."""
 
     @abstractmethod
     def remove(self, avatar: str, state: State) -> bool:
@@ -159,3 +110,69 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+    # --- the operations, on the rules of instances.py and placement.py ---------------------------
+
+    def get(self, key: str) -> Instance | None:
+        """By avatar name, else the oldest record with that instance id."""
+        found = self.record(key)
+        return found or next((i for i in self.list() if i.instance_id == key), None)
+
+    def transition(self, avatar: str, allowed: Iterable[State], to: State, expect: dict | None = None,
+                   **changes) -> Instance | None:
+        """Move to `to` and apply `changes` only if the state is one of `allowed` (and the fields
+        in `expect` have those values); None otherwise. Every move is checked against
+        instances.TRANSITIONS, the one table of the lifecycle."""
+        allowed = frozenset(allowed)
+        check_transition(allowed, to)
+        return self._transition(avatar, allowed, to, expect, **changes)
+
+    def _transition(self, avatar: str, allowed: Iterable[State], to: State, expect: dict | None = None,
+                    **changes) -> Instance | None:
+        """transition() unchecked (tests set up states with it)."""
+        return self._checked_update(avatar, frozenset(allowed), expect or {}, {}, {"state": to, **changes})
+
+    def _checked_update(self, avatar: str, allowed: frozenset[State] | None, expect: dict, add: dict,
+                        changes: dict) -> Instance | None:
+        unknown = (set(expect) | set(add) | set(changes)) - FIELDS
+        if unknown:
+            raise StoreError(f"no such instance field(s): {', '.join(sorted(unknown))}")
+        return self._update(avatar, allowed, expect, add, changes)
+
+    def join(self, avatar: str, now: float) -> Instance | None:
+        """One more user on the avatar's joinable instance (instances.joining); None if none."""
+        added, changes = joining(now)
+        return self._checked_update(avatar, JOINABLE, {}, added, changes)
+
+    def disconnect(self, key: str, now: float, token: str | None = None) -> Instance:
+        """One user less (instances.left). NotFound if absent. With a token: only while the
+        record is still that instance (else returned unchanged)."""
+        for _ in range(CAS_TRIES):
+            instance = self.get(key)
+            if instance is None:
+                raise NotFound(key)
+            if token is not None and instance.token != token:
+                return instance
+            after = left(instance, now)
+            done = self._update(instance.avatar, None, {"token": instance.token, "connections": instance.connections},
+                                {}, {"connections": after.connections, "idle_since": after.idle_since})
+            if done is not None:
+                return done
+        raise StoreError(f"disconnect {key!r}: the record kept changing")
+
+    def claim(self, claim: Claim) -> tuple[Instance, bool]:
+        """Join the avatar's instance or create one in STARTING (placement.place); (instance,
+        created). Full at MAX_AVATARS, CapacityError without a port or GPU, Busy while its old
+        instance is still stopping."""
+        def decide(records: list[Instance]) -> tuple[tuple[Instance, bool], list[Instance]]:
+            instance, created = placement.place(claim, records)
+            return (instance, created), [instance]
+        return self._atomically(decide)
+
+    def restore(self, instance: Instance, max_instances: int) -> bool:
+        """Record a live worker the store had lost (placement.may_restore); False, changing
+        nothing, when it may not be."""
+        def decide(records: list[Instance]) -> tuple[bool, list[Instance]]:
+            ok = placement.may_restore(instance, records, max_instances)
+            return ok, [instance] if ok else []
+        return self._atomically(decide)

@@ -1,5 +1,5 @@
-"""The store in one SQLite file: every step is one BEGIN IMMEDIATE transaction, so any number of
-threads and processes on this host allocate without races.
+"""The store in one SQLite file: every write is one statement or one BEGIN IMMEDIATE transaction,
+so any number of threads and processes on this host allocate without races.
 
 A file deleted or replaced under a running manager is noticed (the path names another file, or
 none) and opened afresh, its schema created; the supervisor then re-registers the live workers.
@@ -17,8 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Iterator
 
-from ..instances import HOLDS_PORT, JOINABLE, Instance, State
-from .base import Busy, CapacityError, Claim, Full, NotFound, Store, StoreError, place_on_gpu
+from ..instances import Instance, State
+from .base import Store, StoreError
 
 _COLUMNS = [f.name for f in fields(Instance)]
 _TYPES = {"int": "INTEGER", "float": "REAL", "bool": "INTEGER"}
@@ -60,6 +60,11 @@ def _lock(file, timeout: float) -> None:
 
 def _literal(value) -> str:
     return repr(int(value) if isinstance(value, bool) else value)
+
+
+def _value(value):
+    """A field's value as SQLite stores it."""
+    return value.value if isinstance(value, State) else value
 
 
 def _in(states) -> str:
@@ -176,123 +181,52 @@ class SqliteStore(Store):
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
 
     @staticmethod
-    def _row(db: sqlite3.Connection, key: str) -> Instance | None:
-        row = db.execute("SELECT * FROM instances WHERE avatar = ?", (key,)).fetchone()
-        if row is None:
-            row = db.execute("SELECT * FROM instances WHERE instance_id = ? ORDER BY created, avatar LIMIT 1",
-                             (key,)).fetchone()
-        return Instance.from_record(dict(row)) if row else None
-
-    @staticmethod
-    def _update(db: sqlite3.Connection, avatar: str, changes: dict) -> None:
-        if changes:
-            unknown = set(changes) - set(_COLUMNS)
-            if unknown:
-                raise StoreError(f"no such instance field(s): {', '.join(sorted(unknown))}")
-            values = [v.value if isinstance(v, State) else v for v in changes.values()]
-            db.execute(f"UPDATE instances SET {', '.join(f'{k} = ?' for k in changes)} WHERE avatar = ?",
-                       [*values, avatar])
+    def _write(db: sqlite3.Connection, instance: Instance) -> None:
+        record = instance.to_record()
+        db.execute(f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' * len(_COLUMNS))})", [record[c] for c in _COLUMNS])
 
     def ping(self) -> None:
         with self._tx(write=False) as db:
             db.execute("SELECT 1").fetchone()
 
-    def join(self, avatar: str, now: float) -> Instance | None:
-        # One autocommit statement: SQLite holds its write lock only inside one sqlite3_step (with
-        # the GIL released), not across Python steps while other writers sleep in its busy handler.
-        # RETURNING: the row as this join left it (a read after it could see later joins' counts).
-        try:
-            db = self._connection()  # before the writer lock: opening a connection takes it too
-            with self._writer:
-                row = db.execute(
-                    f"UPDATE instances SET connections = connections + 1, idle_since = 0, active_at = ? "
-                    f"WHERE avatar = ? AND state IN ({_in(JOINABLE)}) RETURNING *", (now, avatar)).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
-        return Instance.from_record(dict(row)) if row else None
-
-    def _join(self, db: sqlite3.Connection, avatar: str, now: float) -> Instance | None:
-        cur = db.execute(f"UPDATE instances SET connections = connections + 1, idle_since = 0, active_at = ? "
-                         f"WHERE avatar = ? AND state IN ({_in(JOINABLE)})", (now, avatar))
-        return self._row(db, avatar) if cur.rowcount else None
-
-    def claim(self, claim: Claim) -> tuple[Instance, bool]:
-        with self._tx() as db:
-            joined = self._join(db, claim.avatar, claim.now)
-            if joined:
-                return joined, False
-            old = db.execute("SELECT state FROM instances WHERE avatar = ?", (claim.avatar,)).fetchone()
-            if old and State(old["state"]) == State.STOPPING:
-                raise Busy(claim.avatar)
-            held = db.execute(f"SELECT avatar, port, gpu, reserved_mb, state FROM instances "
-                              f"WHERE state IN ({_in(HOLDS_PORT)}) AND avatar != ?", (claim.avatar,)).fetchall()
-            if len(held) >= claim.max_instances:
-                raise Full(f"all MAX_AVATARS={claim.max_instances} instances are in use")
-            taken = {r["port"] for r in held}
-            port = next((p for p in claim.ports if p not in taken), None)
-            if port is None:
-                raise CapacityError("no free port in the avatar port range (AVATAR_BASE_PORT .. + MAX_AVATARS)")
-            reserved: dict[int, int] = {}
-            for r in held:
-                if r["state"] == State.STARTING.value:
-                    reserved[r["gpu"]] = reserved.get(r["gpu"], 0) + r["reserved_mb"]
-            gpu = place_on_gpu(claim, reserved)
-            instance = Instance(avatar=claim.avatar, instance_id=claim.instance_id, state=State.STARTING,
-                                port=port, gpu=gpu, reserved_mb=claim.min_free_mb if gpu >= 0 else 0,
-                                token=claim.token, connections=1, created=claim.now, active_at=claim.now)
-            record = instance.to_record()
-            db.execute(f"INSERT OR REPLACE INTO instances ({', '.join(_COLUMNS)}) "
-                       f"VALUES ({', '.join('?' * len(_COLUMNS))})", [record[c] for c in _COLUMNS])
-            return instance, True
-
-    def restore(self, instance: Instance, max_instances: int) -> bool:
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM instances WHERE avatar = ?", (instance.avatar,)).fetchone():
-                return False
-            held = db.execute(f"SELECT port FROM instances WHERE state IN ({_in(HOLDS_PORT)})").fetchall()
-            if len(held) >= max_instances or instance.port in {r["port"] for r in held}:
-                return False
-            record = instance.to_record()
-            db.execute(f"INSERT INTO instances ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                       [record[c] for c in _COLUMNS])
-            return True
-
-    def get(self, key: str) -> Instance | None:
+    def record(self, avatar: str) -> Instance | None:
         with self._tx(write=False) as db:
-            return self._row(db, key)
+            row = db.execute("SELECT * FROM instances WHERE avatar = ?", (avatar,)).fetchone()
+        return Instance.from_record(dict(row)) if row else None
 
     def list(self) -> list[Instance]:
         with self._tx(write=False) as db:
             rows = db.execute("SELECT * FROM instances ORDER BY created, avatar").fetchall()
         return [Instance.from_record(dict(r)) for r in rows]
 
-    def disconnect(self, key: str, now: float, token: str | None = None) -> Instance:
-        with self._tx() as db:
-            instance = self._row(db, key)
-            if instance is None:
-                raise NotFound(key)
-            if token is not None and instance.token != token:
-                return instance
-            connections = max(0, instance.connections - 1)
-            idle_since = now if connections == 0 and instance.connections > 0 else instance.idle_since
-            self._update(db, instance.avatar, {"connections": connections, "idle_since": idle_since})
-            return self._row(db, instance.avatar)
+    def _update(self, avatar, allowed, expect, add, changes) -> Instance | None:
+        # One autocommit statement: SQLite holds its write lock only inside one sqlite3_step (with
+        # the GIL released), not across Python steps while other writers sleep in its busy handler.
+        # RETURNING: the row as this update left it (a read after it could see later changes).
+        sets = [f"{k} = ?" for k in changes] + [f"{k} = {k} + ?" for k in add]
+        where = ["avatar = ?"] + [f"{k} = ?" for k in expect]
+        if allowed is not None:
+            where.append(f"state IN ({_in(allowed)})")
+        values = [_value(v) for v in (*changes.values(), *add.values(), avatar, *expect.values())]
+        if not sets:
+            return None
+        try:
+            db = self._connection()  # before the writer lock: opening a connection takes it too
+            with self._writer:
+                row = db.execute(f"UPDATE instances SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING *",
+                                 values).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        return Instance.from_record(dict(row)) if row else None
 
-    def _transition(self, avatar, allowed, to, **changes) -> Instance | None:
+    def _atomically(self, decide):
         with self._tx() as db:
-            cur = db.execute(f"UPDATE instances SET state = ? WHERE avatar = ? AND state IN ({_in(allowed)})",
-                             (State(to).value, avatar))
-            if not cur.rowcount:
-                return None
-            self._update(db, avatar, changes)
-            return self._row(db, avatar)
-
-    def stop_if_idle(self, avatar: str, idle_before: float) -> bool:
-        with self._tx() as db:
-            cur = db.execute("UPDATE instances SET state = ? WHERE avatar = ? AND state = ? AND connections = 0 "
-                             "AND sessions = 0 AND idle_since > 0 AND idle_since <= ?",
-                             (State.STOPPING.value, avatar, State.RUNNING.value, idle_before))
-            return bool(cur.rowcount)
+            rows = db.execute("SELECT * FROM instances ORDER BY created, avatar").fetchall()
+            result, writes = decide([Instance.from_record(dict(r)) for r in rows])
+            for instance in writes:
+                self._write(db, instance)
+            return result
 
     def remove(self, avatar: str, state: State) -> bool:
         with self._tx() as db:

@@ -12,11 +12,12 @@ from lipsync_worker.avatar_config import AvatarError, NoSuchAvatar, check_name
 from . import ports
 from .gpus import read_gpus
 from .instances import Instance, State
+from .placement import Busy, Claim, Full
 from .settings import Settings
-from .store.base import Busy, Claim, Full, NotFound, Store
+from .store.base import NotFound, Store
 from .workers import avatar_spec
 
-log = logging.getLogger("avatar_manager.pool")
+log = logging.getLogger("avatar_manager.fleet")
 POLL = 0.05
 
 
@@ -36,12 +37,24 @@ class StartFailed(Unavailable):
     """The worker did not come up; the message carries the tail of its log."""
 
 
-def instance_name(instance_id: str) -> str:
-    """The existing backend sends ids like 'g_user_7' without avatar_name: that means avatar 'g'."""
+def avatar_of(instance_id: str) -> str:
+    """The avatar an instance id names: the existing backend sends ids like 'g_user_7' without
+    avatar_name, which means avatar 'g'."""
     return instance_id.split("_user_")[0] if "_user_" in instance_id else instance_id
 
 
-class Pool:
+def valid_name(name: str) -> str:
+    """The name, if it may name an avatar or an instance; BadRequest otherwise."""
+    try:
+        return check_name(name)
+    except AvatarError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+class Fleet:
+    """The avatar instances as the REST API sees them: start (join or create), leave, stop,
+    restart, list. The supervisor carries out what these write into the store."""
+
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
@@ -70,7 +83,7 @@ class Pool:
         call created the instance."""
         try:
             check_name(instance_id)
-            avatar = check_name(avatar_name or instance_name(instance_id))
+            avatar = check_name(avatar_name or avatar_of(instance_id))
         except AvatarError as exc:
             raise BadRequest(str(exc)) from None
         deadline = time.monotonic() + self.start_wait
@@ -134,7 +147,8 @@ class Pool:
         longest = min(idle, key=lambda i: i.idle_since)
         # Compare-and-set: a user who joined (or a session that opened) since keeps it running. When
         # it fails, the caller looks again: another start may have evicted it, or it is busy now.
-        if self.store.stop_if_idle(longest.avatar, longest.idle_since):
+        if self.store.transition(longest.avatar, {State.RUNNING}, State.STOPPING,
+                                 expect={"connections": 0, "sessions": 0, "idle_since": longest.idle_since}):
             log.info("%s: evicted (idle since %s) to make room at MAX_AVATARS=%d", longest.avatar,
                      time.strftime("%H:%M:%S", time.localtime(longest.idle_since)), self.settings.max_avatars)
         return True
@@ -158,22 +172,15 @@ class Pool:
 
     # --- the rest ------------------------------------------------------------------------------
 
-    @staticmethod
-    def find_name(name: str) -> str:
-        try:
-            return check_name(name)
-        except AvatarError as exc:
-            raise BadRequest(str(exc)) from None
-
     def forget_failed(self, avatar: str) -> None:
         """Drop a FAILED record, which holds nothing (for deleting its avatar)."""
         self.store.remove(avatar, State.FAILED)
 
     def find(self, key: str) -> Instance:
-        self.find_name(key)
+        valid_name(key)
         instance = self.store.get(key)
-        if instance is None and instance_name(key) != key:
-            instance = self.store.get(instance_name(key))  # a joiner's id: g_user_8 -> avatar g
+        if instance is None and avatar_of(key) != key:
+            instance = self.store.get(avatar_of(key))  # a joiner's id: g_user_8 -> avatar g
         if instance is None:
             raise NotFound(f"no instance named {key!r}")
         return instance
