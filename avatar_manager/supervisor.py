@@ -203,9 +203,10 @@ class Supervisor:
                                          f"{procs.log_tail(path)}", now)
         elif self.store.transition(instance.avatar, {State.STARTING}, State.RUNNING, ready_at=now, reserved_mb=0,
                                    error=""):
-            # Idle from now on unless somebody is connected (the compare-and-set: one may join now).
-            self.store.transition(instance.avatar, {State.RUNNING}, State.RUNNING, expect={"connections": 0},
-                                  idle_since=now)
+            # Idle from now on if nobody is connected and it was not idle already (a restart keeps
+            # its idle clock); a compare-and-set, as somebody may join right now.
+            self.store.transition(instance.avatar, {State.RUNNING}, State.RUNNING,
+                                  expect={"connections": 0, "idle_since": 0.0}, idle_since=now)
             self.store.add_counts(start_observation(seconds))
             log.info("%s: ready in %.2f s", instance.avatar, seconds)
 
