@@ -378,7 +378,7 @@ def _check_avatar(ctx: Context, name: str) -> list[Finding]:
     found = [ok(f"avatar {name}: {spec.engine} engine, {spec.tts.name} TTS (voice {spec.timbre}), "
                 f"{frames} frame{'s' if frames != 1 else ''}, max_session {spec.max_session}")]
     if spec.engine == "musetalk":
-        from lipsync_worker.musetalk import weights
+        from lipsync_worker.musetalk_model import weights
         folder = weights.models_dir(ctx.env).resolve()
         if weights.missing(folder):
             return [fail(f"avatar {name}: its musetalk worker would exit at start: no MuseTalk weights in "
@@ -485,7 +485,7 @@ def check_voices(ctx: Context) -> list[Finding]:
 
 
 def check_weights(ctx: Context) -> list[Finding]:
-    from lipsync_worker.musetalk import weights
+    from lipsync_worker.musetalk_model import weights
 
     folder = weights.models_dir(ctx.env).resolve()
     where = f"MODELS_DIR={folder}"

@@ -21,7 +21,7 @@ from typing import Callable
 
 from lipsync_worker.avatar_config import ENGINES, AvatarError, avatar_dir, check_name, is_livetalking, read_config
 from lipsync_worker.bounds import Bounds
-from lipsync_worker.musetalk import weights
+from lipsync_worker.musetalk_model import weights
 
 from .settings import Settings
 from .store.base import Store
@@ -123,7 +123,7 @@ def register(settings: Settings, store: Store, source: Path, name: str, *, owner
     config = read_config(settings.data_dir, name)
     ready = [engine for engine in ENGINES if engine not in GPU_ENGINES]  # nothing to prepare for these
     if config["avatar_model"] == "musetalk":
-        from lipsync_worker.musetalk.material import prepare_with_vae
+        from lipsync_worker.musetalk_model.material import prepare_with_vae
         prepare_with_vae(avatars.load(settings.data_dir, name), weights.models_dir())
         ready.append("musetalk")
     record = {

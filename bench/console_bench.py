@@ -4,13 +4,13 @@
 
 A real manager (`python -m avatar_manager`, SQLite store, defaults) with the real lipsync_worker
 serving the bundled portrait as `demo`.
-1. Headless Chromium (tests/browser.py) opens /?avatar=demo&autostart=1 --runs times. A script
+1. Headless Chromium (harness/browser.py) opens /?avatar=demo&autostart=1 --runs times. A script
    put in place before the page's own (CDP Page.addScriptToEvaluateOnNewDocument) notes
    performance.now() at the first frame the <video> presents (requestVideoFrameCallback):
    navigation start to the picture, everything included (page, scripts, /avatar/start, the
    worker's start, the relayed /offer, ICE, DTLS, the first decoded frame). Cold: the avatar is
    stopped before each run. Warm: it is RUNNING, as when a second person opens it.
-2. An aiortc viewer (tests/viewer.py) connects --runs times through the relay
+2. An aiortc viewer (harness/viewer.py) connects --runs times through the relay
    (/avatar/demo/offer) and as many straight to the worker's port: offer to connected. Then
    --calls POST /is_speaking each way on one keep-alive session: one relayed request.
 """
@@ -27,11 +27,12 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from bench.manager_bench import Manager, call, machine, prepare_demo  # noqa: E402
-from browser import chromium  # noqa: E402
-from viewer import Viewer  # noqa: E402
+from bench.manager_bench import call, machine, start  # noqa: E402
+from harness.avatars import prepare_portrait  # noqa: E402
+from harness.browser import chromium  # noqa: E402
+from harness.manager import Manager  # noqa: E402
+from harness.viewer import Viewer  # noqa: E402
 
 FIRST_FRAME = """
 document.addEventListener("DOMContentLoaded", () => {
@@ -66,7 +67,7 @@ def console_runs(manager: Manager, runs: int) -> dict[str, list[float]]:
                     if status != 200:  # the run would be a warm one, measured as cold
                         raise RuntimeError(f"POST /avatar/stop-all: {status} {body}")
                 else:
-                    manager.start_avatar("demo")  # someone else keeps it running
+                    start(manager, "demo")  # someone else keeps it running
                 times[kind].append(first_frame_ms(browser, url))
                 browser.get("about:blank")  # the page leaves: it disconnects
                 time.sleep(0.3)
@@ -74,7 +75,7 @@ def console_runs(manager: Manager, runs: int) -> dict[str, list[float]]:
 
 
 async def relay_runs(manager: Manager, runs: int, calls: int) -> dict[str, dict[str, list[float]]]:
-    instance = manager.start_avatar("demo")["data"]
+    instance = start(manager, "demo")
     bases = {"relayed": f"http://127.0.0.1:{manager.port}/avatar/demo",
              "direct": instance["webrtc_url"].removesuffix("/offer")}
     results = {}
@@ -107,14 +108,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
-        manager = Manager(Path(tmp), {"IDLE_TIMEOUT": "300"})
-        try:
-            prepare_demo(manager)
-            manager.start()
+        manager = Manager(Path(tmp), {"IDLE_TIMEOUT": "300"}, test_settings=False)
+        prepare_portrait(manager.data_dir)
+        with manager:
             times = console_runs(manager, args.runs)
             relay = asyncio.run(relay_runs(manager, args.runs, args.calls))
-        finally:
-            manager.stop()
     print(f"\nConsole: /?avatar=demo&autostart=1, navigation start to the first frame on screen, {args.runs} runs\n")
     print("| avatar | p50 ms | max ms |\n|---|---|---|")
     print(f"| cold (stopped: the worker starts) | {cells(times['cold'])} |")

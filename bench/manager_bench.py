@@ -37,13 +37,9 @@ import math
 import os
 import platform
 import random
-import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,7 +49,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import manager_ports  # noqa: E402
+from harness.avatars import prepare_portrait  # noqa: E402
+from harness.manager import Manager, checked, with_managers  # noqa: E402
+
 TIMEOUT = 120.0          # one request, cold starts included
 WARMUP = 0.5             # seconds of load discarded before a warm measurement
 POLL = 0.05
@@ -146,111 +144,12 @@ def call(port: int, method: str, path: str, body: dict | None = None) -> tuple[i
 
 # --- the manager -------------------------------------------------------------------------------
 
-class Manager:
-    """`python -m avatar_manager` in a session of its own; stop() SIGTERMs it (it stops its
-    workers and TTS servers), waits, and kills whatever of its tree is left."""
-
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.data_dir, self.log_dir = tmp / "data", tmp / "logs"
-        (self.data_dir / "avatars").mkdir(parents=True)
-        ports = manager_ports(int(env.get("MAX_AVATARS", 10)))   # 10: the default
-        self.port = int(ports["AVATAR_MANAGER_PORT"])
-        self.env = {**os.environ, **ports, "AVATAR_DATA_DIR": str(self.data_dir), "LOG_DIR": str(self.log_dir),
-                    **env}
-        self.output = tmp / "manager.out"
-        self.proc: subprocess.Popen | None = None
-        self._seen: dict[int, psutil.Process] = {}
-
-    def start(self, timeout: float = 60.0) -> "Manager":
-        with open(self.output, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "avatar_manager"], cwd=ROOT, env=self.env,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the manager exited with code {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if call(self.port, "GET", "/ready")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(POLL)
-        raise TimeoutError(f"the manager was not ready within {timeout:g} s:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def remember_tree(self) -> None:
-        """Note every process below the manager now (workers, TTS servers, gunicorn), so stop()
-        can make sure of them even if the manager dies first."""
-        try:
-            root = psutil.Process(self.proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                self._seen.setdefault(p.pid, p)
-        except psutil.Error:
-            pass
-
-    def avatar(self, name: str, **config) -> None:
-        folder = self.data_dir / "avatars" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "config.json"
-        current = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**current, **config}))
-
-    def start_avatar(self, name: str) -> dict:
-        status, body = call(self.port, "POST", "/avatar/start", {"avatar_id": name})
-        if status != 200:
-            raise RuntimeError(f"POST /avatar/start {name}: {status} {body}")
-        self.remember_tree()
-        return body
-
-    def stop_avatar(self, name: str) -> None:
-        status, body = call(self.port, "POST", "/avatar/stop", {"avatar_id": name})
-        if status != 200:
-            raise RuntimeError(f"POST /avatar/stop {name}: {status} {body}")
-
-    def metrics(self) -> dict[str, float]:
-        status, body = call(self.port, "GET", "/metrics")
-        if status != 200:
-            raise RuntimeError(f"GET /metrics: {status}")
-        values = {}
-        for line in body.decode().splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                name, _, value = line.partition(" ")
-                values[name] = float(value)
-        return values
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc is None:
-            return
-        self.remember_tree()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                print(f"manager pid {self.proc.pid} still running {timeout:g} s after SIGTERM; killing its tree",
-                      file=sys.stderr)
-                self.remember_tree()
-                for p in self._seen.values():
-                    try:
-                        p.kill()
-                    except psutil.Error:
-                        pass
-                self.proc.wait(timeout=10)
-        _, alive = psutil.wait_procs(list(self._seen.values()), timeout=10)
-        for p in alive:
-            print(f"pid {p.pid} outlived its manager; killing it", file=sys.stderr)
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        self.proc = None
+def start(manager: Manager, avatar: str) -> dict:
+    """POST /avatar/start for `avatar`; its instance. The worker is remembered, so the manager's
+    stop() makes sure of it even if the manager dies first."""
+    instance = checked(manager.start_avatar(avatar)).json()["data"]
+    manager.remember_tree()
+    return instance
 
 
 # --- load ----------------------------------------------------------------------------------------
@@ -425,7 +324,7 @@ def warm_during_cold(manager: Manager, warm_avatar: str, cold_avatar: str, clien
         window += last - first
         colds.append(cold["seconds"])
         reconnects += sum(load.reconnects)
-        manager.stop_avatar(cold_avatar)
+        checked(manager.stop_avatar(cold_avatar))
     return {**summary(during, window), "reconnects": reconnects, "cold": colds, "starting_s": window / starts}
 
 
@@ -442,7 +341,7 @@ def cold_starts(manager: Manager, avatar: str, runs: int) -> list[dict]:
         after = manager.metrics()
         rows.append({"http": seconds, "spawn": after["avatar_start_seconds_sum"] - before.get(
             "avatar_start_seconds_sum", 0.0)})
-        manager.stop_avatar(avatar)
+        checked(manager.stop_avatar(avatar))
     return rows
 
 
@@ -478,14 +377,6 @@ def print_cold(cold_rows: list[dict]) -> None:
           f"({max(r['spawn'] for r in cold_rows):.2f}) |", flush=True)
 
 
-def prepare_demo(manager: Manager) -> None:
-    env = {**os.environ, "AVATAR_DATA_DIR": str(manager.data_dir)}
-    done = subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                           "--avatar_id", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode:
-        raise RuntimeError(f"prepare failed:\n{done.stdout}\n{done.stderr}")
-
-
 def run(args, tmp: Path, managers: list[Manager]) -> None:
     env = {}
     if args.web_concurrency:
@@ -497,13 +388,13 @@ def run(args, tmp: Path, managers: list[Manager]) -> None:
     paced = [(args.during_clients, rate) for rate in args.rates]
 
     if not args.skip_real:
-        real = Manager(tmp / "real", env)
+        real = Manager(tmp / "real", env, test_settings=False)
         managers.append(real)
-        prepare_demo(real)
+        prepare_portrait(real.data_dir)
         real.start()
         if args.cold_runs:
             print_cold(cold_starts(real, "demo", args.cold_runs))
-        real.start_avatar("demo")
+        start(real, "demo")
         print("\nWarm pooled start: POST /avatar/start for `demo` while RUNNING (real lipsync_worker), "
               f"{args.seconds:g} s per row, one keep-alive connection per client; back to back, then paced\n")
         print(HEADER)
@@ -514,12 +405,12 @@ def run(args, tmp: Path, managers: list[Manager]) -> None:
         real.stop()
 
     if args.slow_starts:
-        fake = Manager(tmp / "fake", {**env, "WORKER_MODULE": "tests.fake_worker"})
+        fake = Manager(tmp / "fake", {**env, "WORKER_MODULE": "tests.fake_worker"}, test_settings=False)
         managers.append(fake)
         fake.avatar("warm")
         fake.avatar("slow", fault="slow:5")
         fake.start()
-        fake.start_avatar("warm")
+        start(fake, "warm")
         rows, colds, starting = [], [], []
         for clients, rate in [(args.during_clients, None), *paced]:
             label = f"{clients} {'back to back' if rate is None else f'at {rate:g} req/s'}"
@@ -556,29 +447,6 @@ def main() -> None:
     sys.setswitchinterval(0.0005)
 
     with_managers(run, args, "manager-bench-")
-
-
-def with_managers(run, args, prefix: str) -> None:
-    """run(args, tmp, managers) in a temporary folder; whatever happens (an error, Ctrl-C,
-    SIGTERM), every manager it started is stopped and the folder removed."""
-    def terminate(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, terminate)
-
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    managers: list[Manager] = []
-    try:
-        run(args, tmp, managers)
-    except BaseException:
-        for m in managers:
-            if m.proc is not None:
-                print(f"--- manager output ({m.output}):\n{m.tail()}", file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not skip the cleanup
-        for m in managers:
-            m.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.musetalk import save_random  # noqa: E402
 from lipsync_worker import avatars  # noqa: E402
 from lipsync_worker.engines import FrameJob  # noqa: E402
 from lipsync_worker.engines.musetalk import MuseTalkEngine  # noqa: E402
-from lipsync_worker.musetalk import models  # noqa: E402
+from lipsync_worker.musetalk_model import models  # noqa: E402
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -88,7 +89,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="musetalk-bench-") as scratch:
         scratch = Path(scratch)
-        models_dir = args.models_dir or models.save_random(scratch / "models", size)
+        models_dir = args.models_dir or save_random(scratch / "models", size)
         avatars.prepare(ROOT / "assets" / "astronaut.png", "bench", scratch / "data")
         avatar = avatars.load(scratch / "data", "bench")
         device = models.pick_device(args.device)

@@ -32,7 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.manager_bench import Connection, Manager, call, machine, prepare_demo, with_managers  # noqa: E402
+from bench.manager_bench import Connection, call, machine, start  # noqa: E402
+from harness.avatars import prepare_portrait  # noqa: E402
+from harness.manager import Manager, with_managers  # noqa: E402
 
 AVATAR = "demo"
 TIMEOUT = 60.0      # one recovery, at most
@@ -125,12 +127,13 @@ def report(rows: list[dict], args) -> None:
 
 
 def run(args, tmp: Path, managers: list[Manager]) -> None:
-    manager = Manager(tmp / "manager", {})  # TTS ports of its own: it neither uses nor adopts another's
+    # TTS ports of its own: it neither uses nor adopts another's.
+    manager = Manager(tmp / "manager", {}, test_settings=False)
     managers.append(manager)
     print(f"machine: {machine()}; SQLite store", flush=True)
-    prepare_demo(manager)
+    prepare_portrait(manager.data_dir, AVATAR)
     manager.start()
-    started = manager.start_avatar(AVATAR)["data"]
+    started = start(manager, AVATAR)
     print(f"`{AVATAR}` RUNNING as pid {started['pid']} on port {started['port']}", flush=True)
     rows = []
     for i in range(args.runs):

@@ -1,5 +1,5 @@
 """Avatar registration: an image and a 10-second video, through the API, end to end; then upload
-bombs (bench/bombs.py), each refused, with the peak RSS of the registration child that refused it.
+bombs (harness/bombs.py), each refused, with the peak RSS of the registration child that refused it.
 
     .venv/bin/python bench/registration_bench.py [--image-runs 5] [--video-runs 2] [--video-seconds 10]
 
@@ -28,8 +28,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import bombs  # noqa: E402
-from bench.manager_bench import Manager, machine, with_managers  # noqa: E402
+from bench.manager_bench import machine  # noqa: E402
+from harness import bombs  # noqa: E402
+from harness.manager import Manager, with_managers  # noqa: E402
 
 
 def make_video(path: Path, seconds: float) -> Path:
@@ -108,7 +109,7 @@ def run_bombs(tmp: Path, manager: Manager) -> None:
 
 
 def run(args, tmp: Path, managers: list[Manager]) -> None:
-    manager = Manager(tmp, {"REGISTER_WAIT": "600", "WORKER_MODULE": "tests.fake_worker"})
+    manager = Manager(tmp, {"REGISTER_WAIT": "600", "WORKER_MODULE": "tests.fake_worker"}, test_settings=False)
     managers.append(manager)
     manager.start()
     video = make_video(tmp / "clip.mp4", args.video_seconds)

@@ -25,7 +25,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import free_port, wait_healthy  # noqa: E402
+from harness.ports import free_port, wait_healthy  # noqa: E402
 from tts_services.client import LocalTTS  # noqa: E402
 
 TEXTS = {

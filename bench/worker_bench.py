@@ -32,10 +32,11 @@ import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from bench.common import free_port, wait_healthy  # noqa: E402
-from viewer import Viewer, loud_after, speech_at_network  # noqa: E402
+from harness.avatars import prepare_portrait  # noqa: E402
+from harness.ports import free_port, wait_healthy  # noqa: E402
+from harness.processes import end  # noqa: E402
+from harness.viewer import Viewer, loud_after, speech_at_network  # noqa: E402
 
 TEXT = "Hello, I am your avatar. Ask me anything you like and I will answer."
 
@@ -85,8 +86,7 @@ async def measure(url: str, pid: int, viewers_count: int, trials: int, decode_vi
 async def bench(counts: list[int], trials: int, decode_video: bool) -> list[tuple[int, dict]]:
     data = Path(tempfile.mkdtemp(prefix="worker-bench-"))
     env = {**os.environ, "AVATAR_DATA_DIR": str(data)}
-    subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                    "--avatar_id", "bench"], cwd=ROOT, env=env, check=True, capture_output=True)
+    prepare_portrait(data, "bench")
     rows = []
     for count in counts:
         port = free_port()
@@ -98,8 +98,7 @@ async def bench(counts: list[int], trials: int, decode_video: bool) -> list[tupl
             await wait_healthy(url)
             rows.append((count, await measure(url, worker.pid, count, trials, decode_video)))
         finally:
-            worker.terminate()
-            worker.wait(timeout=10)
+            end(worker)
     return rows
 
 

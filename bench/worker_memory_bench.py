@@ -27,11 +27,12 @@ import aiohttp
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from bench.bombs import silent_flac  # noqa: E402
-from bench.common import free_port, wait_healthy  # noqa: E402
-from viewer import Viewer  # noqa: E402
+from harness.avatars import prepare_portrait  # noqa: E402
+from harness.bombs import silent_flac  # noqa: E402
+from harness.ports import free_port, wait_healthy  # noqa: E402
+from harness.processes import end  # noqa: E402
+from harness.viewer import Viewer  # noqa: E402
 
 SENTENCE = "Hello there, my name is Astro, and I am talking to you over WebRTC while my lips follow my words. "
 TEXT = (SENTENCE * 30)[:2000]
@@ -111,20 +112,13 @@ async def with_worker(env: dict, scenario, *args) -> dict:
         await wait_healthy(url)
         return await scenario(url, worker.pid, *args)
     finally:
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
+        end(worker, grace=15)
 
 
 async def bench(requests: int, hours: float) -> tuple[dict, dict]:
     data = Path(tempfile.mkdtemp(prefix="worker-memory-bench-"))
     env = {**os.environ, "AVATAR_DATA_DIR": str(data)}
-    subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                    "--avatar_id", "bench"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    prepare_portrait(data, "bench")
     return await with_worker(env, flood, requests), await with_worker(env, upload, hours)
 
 

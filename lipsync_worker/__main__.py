@@ -20,7 +20,7 @@ from .animation import IdleAnimation
 from .engines import create_engine
 from .llm import ChatLLM
 from .media import Stage
-from .musetalk import weights
+from .musetalk_model import weights
 from .server import create_app
 from .session import Sessions
 from .settings import WorkerSettings, data_dir, from_args

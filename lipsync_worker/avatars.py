@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -33,13 +33,11 @@ from . import intake
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import Bounds, check_picture, memory_limit, video_pixels_refusal
 from .avatar_config import DEFAULT_CONFIG, FORMAT, NAME, AvatarError, avatar_dir, is_livetalking, read_config
-
-if TYPE_CHECKING:
-    from .quality import Quality
+from .faces import MIN_SIDE, Box, detect_eyes, detect_faces
+from .quality import Quality, assess, find_faces
 
 FPS = 25
 CLIPS = "clips"
-Box = tuple[int, int, int, int]  # x1, y1, x2, y2
 
 
 @dataclass
@@ -77,34 +75,11 @@ class Avatar:
 
 # --- preparation -------------------------------------------------------------------------------
 
-_FACES = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-_EYES = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml")
-
-
 def mouth_of(face: Box) -> Box:
     """Where the mouth lies in a frontal face box (Haar boxes run from brow to chin)."""
     x1, y1, x2, y2 = face
     w, h = x2 - x1, y2 - y1
     return (x1 + round(0.27 * w), y1 + round(0.68 * h), x1 + round(0.73 * w), y1 + round(0.92 * h))
-
-
-def detect_faces(frame: np.ndarray) -> list[Box]:
-    gray = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-    side = min(gray.shape)
-    found = _FACES.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side // 12, side // 12))
-    return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]
-
-
-def detect_eyes(frame: np.ndarray, face: Box) -> list[Box]:
-    x1, y1, x2, y2 = face
-    upper = cv2.cvtColor(frame[y1:y1 + (y2 - y1) // 2, x1:x2], cv2.COLOR_BGR2GRAY)
-    found = _EYES.detectMultiScale(upper, scaleFactor=1.1, minNeighbors=5, minSize=((x2 - x1) // 8,) * 2)
-    eyes = sorted(((x1 + int(x), y1 + int(y), x1 + int(x + w), y1 + int(y + h)) for x, y, w, h in found),
-                  key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)[:2]
-    return sorted(eyes)
-
-
-MIN_SIDE = 64  # px: the smallest face the quality checks accept (quality.MIN_FACE_PX)
 
 
 def read_frames(source: Path, max_seconds: float, max_side: int,
@@ -228,8 +203,6 @@ def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.
     absent. Refusals (intake.UnsupportedMedia, bounds.TooCostly, quality.QualityError,
     AvatarError) write nothing. `workdir` holds converted copies (HEIC, rotated photos); a
     temporary folder when None."""
-    from . import quality  # it builds on this module's detectors
-
     started = time.monotonic()
     target = avatar_dir(data_dir, name)
     bounds = replace(bounds, max_seconds=max_seconds)
@@ -242,9 +215,9 @@ def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.
     faces_of: dict[int, list[Box]] = {}
     for frame in frames:
         if id(frame) not in faces_of:
-            faces_of[id(frame)] = quality.find_faces(frame)
+            faces_of[id(frame)] = find_faces(frame)
     detected = [faces_of[id(frame)] for frame in frames]
-    verdict = quality.assess(frames, detected)  # refusals raise here, before anything is written
+    verdict = assess(frames, detected)  # refusals raise here, before anything is written
     regions = find_regions(frames, detected)
     box = np.median([r.face for r in regions], axis=0).round().astype(int).tolist()
     faces = {**verdict.faces, "box": box}

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .avatar_config import AvatarError
-from .avatars import MIN_SIDE, Box, detect_eyes, detect_faces
+from .faces import MIN_SIDE, Box, detect_eyes, detect_faces
 
 # Size, in stored frames (max_side 720 by default). Lipsync models redraw a 96-256 px face crop;
 # under 64 px the mouth is under 30 px wide and every generated frame is a blurry upscale. A person
@@ -124,11 +124,9 @@ def _too_small(width: float, frame_width: int) -> str:
 
 
 def _small_faces(frame: np.ndarray) -> list[int]:
-    """Widths of faces down to 24 px, which detect_faces skips (under 1/12 of the frame): to tell a
-    person far away from no person at all. Only on the way to a refusal, so its cascade loads late."""
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    gray = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-    return [int(w) for _, _, w, _ in cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))]
+    """Widths of faces down to 24 px, which detect_faces skips by default (under 1/12 of the
+    frame): to tell a person far away from no person at all."""
+    return [_width(face) for face in detect_faces(frame, min_px=24)]
 
 
 def _sharpness(gray: np.ndarray) -> float:

@@ -16,7 +16,7 @@ from ports_config import WORKER_PORT
 from tts_services.settings import number
 
 from .ice import parse_ice_servers
-from .musetalk.weights import models_dir
+from .musetalk_model.weights import models_dir
 
 log = logging.getLogger("lipsync_worker")
 

@@ -5,7 +5,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,12 @@ import pytest
 import redis
 import requests
 
+from harness.avatars import prepare_portrait
+from harness.manager import Manager
+from harness.ports import free_port
+from harness.processes import end
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tts_argv(model: str) -> list[str]:
@@ -132,19 +130,13 @@ def redis_url(tmp_path_factory):
         client.close()
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        end(proc)
         log.close()
 
 
 @pytest.fixture
 def manager(tmp_path):
     """manager(**env) -> a started Manager; all of them are stopped, and checked to leave nothing."""
-    from managers import Manager
     started: list[Manager] = []
 
     def start(start: bool = True, **env: str) -> Manager:
@@ -166,14 +158,12 @@ def manager(tmp_path):
 def fleet(manager, demo_source):
     """fleet(*more_avatars, **env) -> a started manager with the real worker and the prepared demo
     avatar (and copies of it under the other names)."""
-    from managers import make_avatar
-
     def start(*more_avatars: str, **env: str):
         m = manager(start=False, **env)
         if "API_TOKEN" in env:
             m.headers = {"Authorization": f"Bearer {env['API_TOKEN']}"}
         for name in ("demo", *more_avatars):
-            make_avatar(m.data_dir, name, source=demo_source)
+            m.avatar(name, source=demo_source)
         return m.start()
     return start
 
@@ -193,17 +183,12 @@ def store_env(request) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def demo_source(tmp_path_factory) -> Path:
     """The bundled portrait prepared once, with the real worker's own tool, as avatar `demo`;
-    tests copy it (managers.make_avatar(..., source=demo_source))."""
-    data = tmp_path_factory.mktemp("prepared")
-    done = subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                           "--avatar_id", "demo"], cwd=ROOT, env={**os.environ, "AVATAR_DATA_DIR": str(data)},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return data / "avatars" / "demo"
+    tests copy it (make_avatar(..., source=demo_source))."""
+    return prepare_portrait(tmp_path_factory.mktemp("prepared"))
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """MODELS_DIR with small random models of MuseTalk's architecture, in the real layout."""
-    from lipsync_worker.musetalk.models import save_random
+    from harness.musetalk import save_random  # torch: only for the tests that need it
     return save_random(tmp_path_factory.mktemp("models"))

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from managers import wait_for
-from lipsync_worker import avatars, quality
+from harness.processes import wait_for
+from lipsync_worker import avatars, faces, quality
 
 PORTRAIT = ROOT / "assets" / "astronaut.png"
 
@@ -100,7 +100,7 @@ def on_canvas(scale: float, side: int = 720) -> np.ndarray:
 def turned(image: np.ndarray, degrees: float) -> np.ndarray:
     """The face turned sideways, roughly: the picture wrapped on a vertical cylinder about the
     face and the cylinder rotated (there is no photo of the astronaut in profile)."""
-    x1, _, x2, _ = avatars.detect_faces(image)[0]
+    x1, _, x2, _ = faces.detect_faces(image)[0]
     centre, radius = (x1 + x2) / 2, 0.75 * (x2 - x1)
     xs = np.arange(image.shape[1], dtype=np.float32)
     u = (xs - centre) / radius

@@ -9,7 +9,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from managers import ROOT, gone, wait_for
+from conftest import ROOT
+from harness.processes import gone, wait_for
 
 from avatar_manager.fleet import Fleet
 from avatar_manager.settings import Settings

@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from audio_checks import dominant_hz, seconds
-from conftest import ROOT, free_port
+from conftest import ROOT
+from harness.ports import free_port
 from upstreams import TONE_HZ, TONE_SECONDS_PER_CHAR
 
 TEXT = "Bridges carry our words."

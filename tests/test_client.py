@@ -5,7 +5,8 @@ import time
 import pytest
 
 from audio_checks import rms
-from conftest import free_port, run, tts_argv
+from conftest import run, tts_argv
+from harness.ports import free_port
 from tts_services.client import FallbackTTS, LocalTTS, TTSClient, TTSRejected, TTSUnavailable
 
 

@@ -10,9 +10,10 @@ import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from browser import chromium, screenshot, watch_video
 from conftest import ROOT
-from managers import make_avatar, wait_for
+from harness.avatars import make_avatar
+from harness.browser import chromium, screenshot, watch_video
+from harness.processes import wait_for
 from upstreams import CHAT_REPLY, CHAT_REPLY_FA
 
 

@@ -8,7 +8,7 @@ import psutil
 import pytest
 import requests
 
-from managers import make_avatar
+from harness.avatars import make_avatar
 
 ROUTES = ("/avatar/start", "/avatar/demo/offer", "/avatar/demo/sse", "/avatar/list", "/status")
 

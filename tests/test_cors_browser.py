@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from browser import chromium, screenshot, watch_video
-from managers import wait_for
+from harness.browser import chromium, screenshot, watch_video
+from harness.processes import wait_for
 
 PAGE = b"""<!doctype html>
 <meta charset="utf-8"><title>another site</title>

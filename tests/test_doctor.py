@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from bench.common import free_port_block
+from harness.ports import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
 # Settings the outer environment must not leak into a run.

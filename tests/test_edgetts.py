@@ -4,7 +4,7 @@ import time
 import pytest
 import requests
 
-from conftest import free_port
+from harness.ports import free_port
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import psutil
 import requests
 
 from conftest import Server, tts_argv
-from managers import make_avatar, wait_for
+from harness.avatars import make_avatar
+from harness.processes import wait_for
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # seed, examples per operation, checks, timeouts
 RUN_TIMEOUT_S = 150  # the whole run against one service

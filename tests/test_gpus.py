@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from managers import wait_for
+from harness.processes import wait_for
 
 from avatar_manager import gpus
 from avatar_manager.settings import Settings

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from managers import Manager
 
 from avatar_manager.logs import prune_instance_logs
+from harness.manager import Manager
 
 DAY = 86400
 
@@ -59,10 +59,8 @@ def manager(tmp_path):
     m = Manager(tmp_path, {"WORKER_MODULE": "tests.fake_worker", "LOG_RETENTION_DAYS": "7"})
     m.avatar("a")
     m.avatar("b")
-    try:
-        yield m.start()
-    finally:
-        m.stop()
+    with m:
+        yield m
 
 
 def test_a_worker_start_prunes_old_logs_but_not_a_running_instances(manager):

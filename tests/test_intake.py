@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from lipsync_worker import avatars, intake
+from lipsync_worker import avatars, faces, intake
 
 PORTRAIT = ROOT / "assets" / "astronaut.png"
 
@@ -30,7 +30,7 @@ def write_video(path, fourcc="mp4v", seconds=1.0, fps=30):
 
 
 def one_face(media: intake.Media) -> bool:
-    return len(avatars.detect_faces(cv2.imread(str(media.path)))) == 1
+    return len(faces.detect_faces(cv2.imread(str(media.path)))) == 1
 
 
 @pytest.mark.parametrize("pillow_format, fmt", [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif")])
@@ -92,7 +92,7 @@ def test_an_exif_rotated_phone_photo_is_turned_upright(tmp_path):
     exif[intake.ORIENTATION] = 6                                  # "turn 90 degrees clockwise to show"
     sideways.save(tmp_path / "phone.jpg", exif=exif, quality=95)
     raw = cv2.imread(str(tmp_path / "phone.jpg"), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    assert avatars.detect_faces(raw) == []                        # a face on its side is no face to Haar
+    assert faces.detect_faces(raw) == []                        # a face on its side is no face to Haar
     media = intake.identify(tmp_path / "phone.jpg", tmp_path / "work")
     assert media.path.suffix == ".png" and one_face(media)
     assert np.abs(cv2.imread(str(media.path)).astype(int) - cv2.imread(str(PORTRAIT)).astype(int)).mean() < 8

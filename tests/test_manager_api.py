@@ -16,11 +16,14 @@ import psutil
 import pytest
 import redis
 import requests
-from conftest import free_port
-from managers import ROOT, Manager, gone, make_avatar, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatar_manager.ports import is_free
+from conftest import ROOT
+from harness.avatars import make_avatar
+from harness.manager import Manager
+from harness.ports import free_port
+from harness.processes import gone, wait_for
 
 FAKE = "tests.fake_worker"
 BAD_NAMES = ["a/b", "..", "a b", "a;b", "$(id)", "`x`", "a|b", "x" * 65]
@@ -110,10 +113,8 @@ def shared_manager(tmp_path_factory):
         m.avatar(name)
     m.avatar("slow", fault="slow:4")
     m.avatar("pooled", fault="slow:1")
-    try:
-        yield m.start()
-    finally:
-        m.stop()
+    with m:
+        yield m
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
-from managers import make_avatar, wait_for
+from harness.avatars import make_avatar
+from harness.processes import wait_for
 
 from avatar_manager.instances import State
 from avatar_manager.fleet import Fleet, StartFailed

@@ -10,7 +10,7 @@ import time
 import psutil
 import requests
 
-from managers import gone, wait_for
+from harness.processes import gone, wait_for
 
 
 def test_a_killed_worker_is_replaced_on_its_port_with_its_connections(manager):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import requests
 
-from managers import gone, wait_for
+from harness.processes import gone, wait_for
 
 
 def _health(port: int) -> dict | None:

@@ -18,11 +18,13 @@ import requests
 import torch
 from transformers import WhisperConfig, WhisperModel
 
-from conftest import ROOT, free_port, run
+from conftest import ROOT, run
+from harness.musetalk import TINY_WHISPER, save_random
+from harness.ports import free_port
+from harness.viewer import Viewer, mouth_motion
 from lipsync_worker import avatars
 from lipsync_worker.engines import FrameJob, create_engine
-from lipsync_worker.musetalk import models, weights
-from viewer import Viewer, mouth_motion
+from lipsync_worker.musetalk_model import models, weights
 
 
 @pytest.fixture
@@ -79,7 +81,7 @@ def test_the_loader_refuses_weights_that_do_not_fit(tmp_path, tiny_models):
         models.load(wrong)
     # A whisper that loads fine but is not as wide as the UNet's cross-attention.
     shutil.copy(tiny_models / "musetalkV15" / "unet.pth", wrong / "musetalkV15" / "unet.pth")
-    narrow = WhisperModel(WhisperConfig(**{**models.TINY_WHISPER, "d_model": 32, "encoder_ffn_dim": 64,
+    narrow = WhisperModel(WhisperConfig(**{**TINY_WHISPER, "d_model": 32, "encoder_ffn_dim": 64,
                                            "decoder_ffn_dim": 64}))
     narrow.save_pretrained(wrong / "whisper")
     with pytest.raises(ValueError, match="do not belong together"):
@@ -136,7 +138,7 @@ def test_latents_are_prepared_once_and_made_again_for_another_vae(tiny_models, d
     again = create_engine("musetalk", 2, tiny_models)
     again.load(avatars.load(data_dir, "demo"))
     assert kept.stat().st_mtime_ns == made
-    other = models.save_random(tmp_path / "other", seed=5)
+    other = save_random(tmp_path / "other", seed=5)
     third = create_engine("musetalk", 2, other)
     third.load(avatars.load(data_dir, "demo"))
     assert kept.stat().st_mtime_ns != made

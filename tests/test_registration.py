@@ -15,7 +15,8 @@ import pytest
 import requests
 from PIL import Image
 
-from managers import ROOT, wait_for
+from conftest import ROOT
+from harness.processes import wait_for
 
 PORTRAIT = ROOT / "assets" / "astronaut.png"
 

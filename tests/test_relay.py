@@ -17,9 +17,10 @@ import requests
 
 from avatar_manager import relay
 from conftest import run
-from managers import make_avatar, wait_for
+from harness.avatars import make_avatar
+from harness.processes import wait_for
+from harness.viewer import Viewer, loud_after
 from upstreams import tone
-from viewer import Viewer, loud_after
 
 LOUD_RMS = 300
 

@@ -10,9 +10,9 @@ import socket
 
 import pytest
 import requests
-from managers import Manager
 
 from avatar_manager.settings import ConfigError, Settings
+from harness.manager import Manager
 
 STALLED = 500
 PUBLIC_HOST = "avatars.example.test"
@@ -25,10 +25,8 @@ def manager(tmp_path_factory):
                                                   "REQUEST_BODY_TIMEOUT": str(BODY_TIMEOUT)})
     m.avatar("demo")
     m.avatar("other")
-    try:
-        yield m.start()
-    finally:
-        m.stop()
+    with m:
+        yield m
 
 
 @pytest.fixture

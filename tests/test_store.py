@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import free_port
+from harness.ports import free_port
 
 from avatar_manager.instances import State
 from avatar_manager.placement import Busy, CapacityError, Claim, place_on_gpu

@@ -20,8 +20,8 @@ from avatar_manager.instances import Instance, State
 from avatar_manager.placement import Claim
 from avatar_manager.store.redis import RedisStore
 from avatar_manager.store.sqlite import SqliteStore
-from conftest import free_port
-from managers import gone, wait_for
+from harness.ports import free_port
+from harness.processes import gone, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-# `managers` is on sys.path under pytest (rootdir conftest); also when this file runs as the shim.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil
+import requests
 
-import psutil  # noqa: E402
-import requests  # noqa: E402
-
-from avatar_manager import ports  # noqa: E402
-from managers import Manager, make_avatar, wait_for  # noqa: E402
+from avatar_manager import ports
+from harness.avatars import make_avatar
+from harness.manager import Manager
+from harness.processes import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = "tests.test_supervision"

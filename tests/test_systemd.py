@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from configparser import ConfigParser
 
-from managers import ROOT
+from conftest import ROOT
 
 
 def test_the_manager_tells_systemd_when_it_is_ready_and_when_it_stops(manager, tmp_path):

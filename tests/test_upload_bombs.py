@@ -11,10 +11,11 @@ import psutil
 import pytest
 import requests
 
-from bench import bombs
+from conftest import ROOT
+from harness import bombs
+from harness.processes import wait_for
 from lipsync_worker.avatars import read_frames
 from lipsync_worker.bounds import Bounds, TooCostly
-from managers import ROOT, wait_for
 
 PORTRAIT = ROOT / "assets" / "astronaut.png"
 FAKE = {"WORKER_MODULE": "tests.fake_worker"}

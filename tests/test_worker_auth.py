@@ -12,8 +12,8 @@ import requests
 
 from contracts.auth import authorized
 from conftest import run, tts_argv
-from managers import wait_for
-from viewer import Viewer, loud_after
+from harness.processes import wait_for
+from harness.viewer import Viewer, loud_after
 
 TOKEN = "s3cret-token"
 WITH_TOKEN = {"Authorization": f"Bearer {TOKEN}"}

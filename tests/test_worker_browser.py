@@ -5,8 +5,9 @@ import time
 import pytest
 import requests
 
-from browser import chromium, screenshot, watch_video
-from managers import make_avatar, wait_for
+from harness.avatars import make_avatar
+from harness.browser import chromium, screenshot, watch_video
+from harness.processes import wait_for
 
 
 @pytest.fixture

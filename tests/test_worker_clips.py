@@ -14,8 +14,8 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from conftest import ROOT, run
-from managers import make_avatar
-from viewer import Viewer
+from harness.avatars import make_avatar
+from harness.viewer import Viewer
 
 CLIP_LEVELS = [20 + 8 * k for k in range(25)]     # one second of solid greys, each 8 apart
 SAME = 6.0              # mean |ΔY| under which a received picture is the frame it is compared with

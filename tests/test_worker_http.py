@@ -14,9 +14,10 @@ import aiohttp
 import pytest
 import requests
 
-from conftest import ROOT, free_port, run
+from conftest import ROOT, run
+from harness.ports import free_port
+from harness.viewer import Viewer
 from upstreams import CHAT_REPLY
-from viewer import Viewer
 
 ORIGIN = "https://app.example.com"
 LONG_TEXT = ("This sentence is long enough to keep the avatar talking for a good while, so that it can be "

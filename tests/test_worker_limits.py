@@ -18,9 +18,8 @@ import requests
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from conftest import run
-from viewer import Viewer
-
-from bench.bombs import silent_flac
+from harness.bombs import silent_flac
+from harness.viewer import Viewer
 
 LONG_TEXT = ("Hello there, my name is Astro, and I am talking to you over WebRTC while my lips follow "
              "my words. " * 25)[:2000]

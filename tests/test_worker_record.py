@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from conftest import run
-from managers import make_avatar
-from viewer import Viewer
+from harness.avatars import make_avatar
+from harness.viewer import Viewer
 
 FRAME = 0.04
 LOUD_RMS = 300          # 16-bit audio: espeak's speech is far above, silence is 0

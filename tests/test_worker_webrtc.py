@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import ROOT, free_port, run
+from conftest import ROOT, run
+from harness.avatars import prepare_portrait
+from harness.ports import free_port
+from harness.viewer import Viewer, fps, loud_after, mouth_motion, quiet_after, speech_at_network
 from upstreams import CHAT_REPLY, tone
-from viewer import Viewer, fps, loud_after, mouth_motion, quiet_after, speech_at_network
 
 LOUD_RMS = 300          # decoded 16-bit audio: speech is far above, silence is 0
 SILENT_DBOV = 100       # RTP audio level: 127 is digital silence, speech is well under 60
@@ -23,8 +25,7 @@ SILENT_DBOV = 100       # RTP audio level: 127 is digital silence, speech is wel
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    subprocess.run([sys.executable, "-m", "lipsync_worker", "prepare", str(ROOT / "assets" / "astronaut.png"),
-                    "--avatar_id", "astro"], cwd=ROOT, env={"AVATAR_DATA_DIR": str(data)}, check=True, timeout=60)
+    prepare_portrait(data, "astro")
     return data
 
 

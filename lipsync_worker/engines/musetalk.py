@@ -14,8 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..avatars import Avatar, Box
-from ..musetalk import weights
+from ..avatars import Avatar
+from ..faces import Box
+from ..musetalk_model import weights
 from ..speech import SAMPLE_RATE
 from .base import FrameJob, LipSyncEngine
 
@@ -49,7 +50,7 @@ class MuseTalkEngine(LipSyncEngine):
         self._faces: list[Box] = []
 
     def load(self, avatar: Avatar) -> None:
-        from ..musetalk import material, models
+        from ..musetalk_model import material, models
 
         import torch
 
@@ -73,7 +74,7 @@ class MuseTalkEngine(LipSyncEngine):
     def render(self, jobs: list[FrameJob]) -> list[np.ndarray]:
         import torch
 
-        from ..musetalk.features import audio_tokens, window_samples
+        from ..musetalk_model.features import audio_tokens, window_samples
 
         m = self.models
         span = window_samples(m)

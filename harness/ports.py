@@ -1,5 +1,4 @@
-"""What every benchmark script (and the tests' manager helper) needs: free ports, and waiting
-for a server to answer."""
+"""Free ports for the servers tests and benchmarks start, and waiting for one to answer."""
 from __future__ import annotations
 
 import asyncio

@@ -30,7 +30,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from ..avatar_config import AvatarError
-from ..avatars import Avatar, Box, avatar_lock, read_pickle
+from ..avatars import Avatar, avatar_lock, read_pickle
+from ..faces import Box
 from .weights import VAE
 
 log = logging.getLogger("lipsync_worker.musetalk")

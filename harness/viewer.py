@@ -1,7 +1,4 @@
-"""A real WebRTC viewer (aiortc) of a lip-sync worker, recording what it receives and when.
-
-Used by the tests and by bench/worker_bench.py.
-"""
+"""A real WebRTC viewer (aiortc) of a lip-sync worker, recording what it receives and when."""
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,5 @@
 """Upload bombs: files of a few kilobytes or megabytes that decode to gigabytes, or to hours of
-video, made here in a second or two each (tests/test_upload_bombs.py, bench/registration_bench.py,
-tests/test_worker_limits.py, bench/worker_memory_bench.py)."""
+video, made here in a second or two each."""
 from __future__ import annotations
 
 import io

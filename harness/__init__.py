@@ -1,0 +1,2 @@
+"""What tests and benchmarks share: free ports, a real manager in a subprocess, avatar folders,
+WebRTC viewers and a headless browser, upload bombs, and random MuseTalk models."""

@@ -1,4 +1,0 @@
-"""MuseTalk 1.5: weights on disk, the models, streaming audio features and avatar material.
-
-No torch at import time: the manager and the doctor read `weights` without paying for it.
-"""
