@@ -1,4 +1,6 @@
-"""python -m avatar_manager [serve]                     run the API (gunicorn) and the supervisor
+"""python -m avatar_manager [serve] [--role all|api|agent]
+                                                       run the API (gunicorn) and the host agent
+                                                       (all), or one of them (REDIS_URL needed)
 python -m avatar_manager doctor                        check this host and explain what to fix
 python -m avatar_manager register PATH --name NAME     prepare an avatar from a photo or a video"""
 from __future__ import annotations
@@ -15,20 +17,36 @@ from .agent import HostAgent
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 
 
-def serve() -> int:
+ROLES = ("all", "api", "agent")
+
+
+def serve(argv: list[str]) -> int:
+    """all: the API and this host's agent, one fleet of one host (SQLite or Redis); api: only the
+    stateless REST API; agent: only this host's agent. The last two make a fleet of several
+    hosts, which only Redis can hold."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m avatar_manager serve")
+    parser.add_argument("--role", choices=ROLES, default="all")
+    role = parser.parse_args(argv).role
     try:
         settings = Settings.from_env()
+        if role != "all" and not settings.redis_url:
+            raise ConfigError(f"--role {role} makes a fleet of several hosts, which needs REDIS_URL (a store "
+                              "every host reaches); SQLite serves one host: run without --role")
         store = open_store(settings)
         store.ping()
     except (ConfigError, StoreError) as exc:
         print(f"avatar_manager: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_dir)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     api = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", f"{host}:{settings.port}",
            "avatar_manager.api:create_app()"]
+    if role == "api":  # gunicorn is the service: it replaces this process
+        store.close()
+        os.execv(sys.executable, api)
+    setup_logging(settings.log_dir)
     try:
-        HostAgent(settings, store, api).run()
+        HostAgent(settings, store, api if role == "all" else None, fencing=role == "agent").run()
     except SystemExit as exc:
         print(f"avatar_manager: {exc}", file=sys.stderr)
         return 1
@@ -79,9 +97,9 @@ def register(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = argv[0] if argv else "serve"
+    command = argv[0] if argv and not argv[0].startswith("-") else "serve"
     if command == "serve":
-        return serve()
+        return serve(argv[1:] if argv and argv[0] == "serve" else argv)
     if command == "register":
         return register(argv[1:])
     if command == "doctor":

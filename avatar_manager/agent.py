@@ -1,9 +1,15 @@
 """The host agent: the one long-lived owner of every child process on this host.
 
 Like gunicorn's arbiter: signal handlers only enqueue; one loop does the work. Each tick it keeps
-the API process up, holds (or waits for) the lease, takes in what the steps reported, and lets
-each of its parts take its next steps: the TTS servers, the instances' lifecycle (supervisor.py)
-and the registration jobs. A SIGCHLD wakes it at once; every child is reaped.
+the API process up (when it runs one), takes in what the steps reported, holds this host's
+lease and publishes the host (hosts.py), and lets each of its parts take its next steps: the TTS
+servers and the instances' lifecycle (supervisor.py) of this host, and, while it holds the
+fleet's lease, the fleet-wide duties: registration jobs and placing a lost host's instances
+again (replacement.py). A SIGCHLD wakes it at once; every child is reaped.
+
+With `fencing` (the agent role, on a fleet of several hosts), an agent that cannot renew its
+host's lease stops its own workers before the lease runs out, and its workers end themselves
+when it stops renewing for any reason (stopped, dead): another host runs their avatars then.
 """
 from __future__ import annotations
 
@@ -16,36 +22,49 @@ import time
 
 import psutil
 
-from . import systemd
+from . import gpus, hosts, ports, relayed_sessions, replacement, systemd
 from .api_server import ApiServer
-from .lease import Lease
+from .lease import FLEET, Lease, holder_id, host_lease
 from .registration_jobs import RegistrationJobs
 from .settings import Settings
 from .steps import Steps
 from .store.base import Store, StoreError
 from .supervisor import Supervisor
 from .tts import TtsServers, table
+from .workers import Fence
 
 log = logging.getLogger("avatar_manager.agent")
 
 TICK = 0.1              # seconds between looks at the store
 PR_SET_CHILD_SUBREAPER = 36
+# Workers end themselves this long after the agent's last renewal: before the host's lease
+# (hosts.TTL) runs out and another host may start their avatars.
+FENCE_AFTER = hosts.TTL - 1.5
+PLACE_LOST_EVERY = 0.5
+FORGET_SESSIONS_EVERY = 5.0  # relayed sessions of instances that are gone
 
 
 class HostAgent:
-    def __init__(self, settings: Settings, store: Store, api_argv: list[str]) -> None:
+    def __init__(self, settings: Settings, store: Store, api_argv: list[str] | None, fencing: bool = False) -> None:
         self.settings = settings
         self.store = store
         self.signals: list[int] = []
         self.child_exited = False              # a SIGCHLD came: there may be strays to reap
         self.wakeup = threading.Event()
-        self.lease = Lease(store)
-        self.api = ApiServer(api_argv, settings.api_url)
+        holder = holder_id()
+        self.host_lease = Lease(store, host_lease(settings.host_id), holder)
+        self.fleet_lease = Lease(store, FLEET, holder)
+        self.api = ApiServer(api_argv, settings.api_url) if api_argv else None
+        self.fence = Fence(settings.data_dir / f"host-{settings.host_id}.alive", FENCE_AFTER) if fencing else None
+        self.renewed = time.monotonic()        # the last renewal of the host's lease that the store took
+        self.next_publish = 0.0
+        self.next_place_lost = 0.0
+        self.next_forget = 0.0
         self.steps = Steps(max(4, settings.max_avatars), self.wakeup.set)
         self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir,
                               settings.startup_timeout, settings.stop_timeout, settings.api_token, self.steps,
                               self.shutting_down)
-        self.supervisor = Supervisor(settings, store, self.steps, self.tts, self.shutting_down)
+        self.supervisor = Supervisor(settings, store, self.steps, self.tts, self.shutting_down, self.fence)
         # Registrations run apart: an upload never delays a start or a stop.
         self.registrations = RegistrationJobs(settings, store, self.shutting_down, self.wakeup.set)
 
@@ -58,13 +77,14 @@ class HostAgent:
         # A child's exit wakes the loop at once, which then collects it (waitpid) and acts.
         signal.signal(signal.SIGCHLD, self._enqueue_child_exit)
         self._become_subreaper()
-        log.info("host agent %s starting", self.lease.holder)
+        log.info("host agent for host %s starting (%s)", self.settings.host_id, self.host_lease.holder)
         try:
             while not self.signals:
                 try:
                     self.tick()
                 except StoreError as exc:
                     log.error("store unavailable: %s", exc)
+                self._fence_if_cut_off()
                 self.wakeup.wait(TICK)
                 self.wakeup.clear()
         finally:
@@ -89,27 +109,70 @@ class HostAgent:
 
     def tick(self) -> None:
         now = time.time()
-        self.api.keep_running()
+        if self.api is not None:
+            self.api.keep_running()
         self.steps.drain()
         if self.child_exited:  # not every tick: listing our children reads /proc
             self.child_exited = False
             self._reap_strays()
-        leading = self.lease.held
-        if not self.lease.hold(now):
+        holding = self.host_lease.held
+        if not self._hold_host(now):
             return
-        if not leading:
-            log.info("host agent %s leads; adopting live workers", self.lease.holder)
+        if not holding:
+            log.info("host agent of %s supervises it; adopting live workers", self.settings.host_id)
             self.tts.adopt()
             self.supervisor.adopt(now)
-        self.api.tell_ready()
+        if self.api is not None:
+            self.api.tell_ready()
         self.tts.tick(now)
         self.supervisor.tick(now)
-        self.registrations.tick(now)
+        if self.fleet_lease.hold():
+            if now >= self.next_place_lost:
+                self.next_place_lost = now + PLACE_LOST_EVERY
+                replacement.place_lost(self.store, self.settings)
+            if now >= self.next_forget:
+                self.next_forget = now + FORGET_SESSIONS_EVERY
+                relayed_sessions.forget_stale(self.store, self.store.list())
+            self.registrations.tick(now)
+
+    def _hold_host(self, now: float) -> bool:
+        """Renew this host's lease and, every second, publish what it offers (its free worker
+        ports, its GPUs' free memory); then touch the fence file its workers watch."""
+        if not self.host_lease.hold():
+            if now >= self.next_publish:  # said once a second, not every tick
+                self.next_publish = now + hosts.RENEW_EVERY
+                log.error("host %s is supervised by %s: is HOST_ID the same on two machines?",
+                          self.settings.host_id, self.store.lease_holder(self.host_lease.name))
+            return False
+        if now >= self.next_publish:
+            self.next_publish = now + hosts.RENEW_EVERY
+            hosts.publish(self.store, self._offer())
+        self.renewed = time.monotonic()
+        if self.fence is not None:
+            self.fence.path.touch()
+        return True
+
+    def _offer(self) -> hosts.Host:
+        settings, found = self.settings, gpus.read_gpus(self.settings.gpu_ids)
+        return hosts.Host(id=settings.host_id, address=settings.host_address, public_host=settings.public_host,
+                          max_instances=settings.max_avatars, ports=ports.free_ports(settings.ports),
+                          gpus=[(g.index, g.free_mb) for g in found], gpu_detail=[g.to_api(0, 0) for g in found],
+                          gpu_error=gpus.unavailable_reason() if not found else None)
+
+    def _fence_if_cut_off(self) -> None:
+        """Cut off from the store for FENCE_AFTER: our workers end now, before another host may
+        start their avatars (they would end themselves a moment later anyway)."""
+        if self.fence is not None and time.monotonic() - self.renewed >= FENCE_AFTER:
+            if stopped := self.supervisor.fence():
+                log.error("fenced: the host's lease was not renewed for %.1f s; %d worker(s) stopped",
+                          time.monotonic() - self.renewed, stopped)
 
     def _reap_strays(self) -> None:
         """Reap zombies re-parented to us (grandchildren of killed workers). Our own children are
         left to whoever owns them, which learns their exit status from it."""
-        mine = self.supervisor.pids() | self.tts.pids() | self.registrations.pids() | self.api.pids()
+        mine = self.supervisor.pids() | self.tts.pids() | self.registrations.pids()
+        if self.api is not None:
+            mine |= self.api.pids()
         for child in psutil.Process().children():
             try:
                 if child.pid not in mine and child.status() == psutil.STATUS_ZOMBIE:
@@ -118,19 +181,25 @@ class HostAgent:
                 pass
 
     def shutdown(self) -> None:
-        """Stop every worker and TTS server this agent owns, then the API, then let go of the lease."""
+        """Stop every worker and TTS server this agent owns, then the API, then let go of the leases."""
         systemd.notify("STOPPING=1")
         self.steps.shutdown()
         self.registrations.shutdown()
         try:
-            stopped = self.supervisor.shutdown(self.lease.held)
+            stopped = self.supervisor.shutdown(self.host_lease.held)
         except StoreError as exc:
-            log.error("cannot clear the instances from the store: %s", exc)
+            log.error("cannot clear this host's instances from the store: %s", exc)
             stopped = 0
         self.tts.stop_all()
-        self.api.stop(self.settings.stop_timeout)
+        if self.api is not None:
+            self.api.stop(self.settings.stop_timeout)
+        for lease in (self.fleet_lease, self.host_lease):
+            try:
+                lease.release()
+            except StoreError as exc:  # it expires on its own within its TTL
+                log.warning("cannot give up the %s lease: %s", lease.name, exc)
         try:
-            self.lease.release()
-        except StoreError as exc:  # it expires on its own within LEASE_TTL
-            log.warning("cannot give up the supervisor lease: %s", exc)
+            self.store.delete_doc(hosts.KIND, self.settings.host_id)
+        except StoreError:
+            pass  # it is lost by the others after its TTL
         log.info("host agent stopped; %d worker(s) stopped", stopped)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,9 +18,10 @@ from werkzeug.wsgi import LimitedStream
 from contracts.cors import ANY as ANY_ORIGIN
 from contracts.openapi import flask_document, load
 
-from . import __version__, metrics, registration, relay_routes, schemas, tts
+from . import __version__, hosts, metrics, registration, relay_routes, schemas, tts
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
+from .lease import FLEET
 from .logs import setup_logging
 from .fleet import BadRequest, Conflict, Fleet, StartFailed, Unavailable, valid_name
 from .placement import CapacityError
@@ -195,7 +195,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def ready():
         """---
         get:
-          summary: "Readiness: the store answers and a supervisor holds the lease"
+          summary: "Readiness: the store answers and a host agent is live"
           responses:
             200: {description: "ready", content: {application/json: {schema: ReadyReply}}}
             401: {$ref: '#/components/responses/Unauthorized'}
@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         """
         store.ping()
         if not fleet.supervised():
-            return _reply("no supervisor holds the lease", status=503)
+            return _reply("no host agent is live (no supervisor holds a host's lease)", status=503)
         return _reply("ready", {"store": "redis" if settings.redis_url else "sqlite"})
 
     @app.get("/status")
@@ -220,21 +220,28 @@ def create_app(settings: Settings | None = None) -> Flask:
         active = [i for i in instances if i.state not in (State.FAILED, State.STOPPED)]
         gpus = read_gpus(settings.gpu_ids, sensors=True)
         host = settings.public_host  # never the request's Host header: clients forge it
+        now, known = store.clock(), hosts.all_hosts(store)
+        capacity = sum(h.max_instances for h in known if h.live(now)) or settings.max_avatars
         manager = {
             "running": sum(i.state == State.RUNNING for i in instances),
             "instances": len(active),
-            "max": settings.max_avatars,
-            "available": max(0, settings.max_avatars - len(active)),
-            "utilization": f"{len(active)}/{settings.max_avatars}",
+            "max": capacity,
+            "available": max(0, capacity - len(active)),
+            "utilization": f"{len(active)}/{capacity}",
             "states": {s.value: sum(i.state == s for i in instances) for s in State},
             "gpu_distribution": dict(Counter(str(i.gpu) for i in active)),
             "total_connections": sum(i.connections for i in instances),
             "shared_avatars": sum(i.connections > 1 for i in instances),
             "avatar_map": {i.avatar: i.instance_id for i in active},
             "avatars": [i.to_api(host) for i in instances],
-            "supervisor": store.lease_holder(time.time()),
+            "supervisor": store.lease_holder(FLEET),
             "version": __version__,
         }
+        fleet_hosts = [{"id": h.id, "state": "live" if h.live(now) else "lost", "address": h.address,
+                        "public_host": h.public_host, "max": h.max_instances,
+                        "instances": sum(i.host == h.id for i in active), "gpus": h.gpu_detail,
+                        "gpu_note": h.gpu_error, "lease_seconds_left": round(max(0.0, h.expires - now), 1)}
+                       for h in known]
         gpu = [g.to_api(sum(i.reserved_mb for i in active if i.gpu == g.index and i.state == State.STARTING),
                         sum(i.gpu == g.index for i in active)) for g in gpus]
         note = None
@@ -242,7 +249,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             note = unavailable_reason() or (
                 f"none of GPU_IDS={','.join(map(str, settings.gpu_ids))} is a GPU that NVML reports"
                 if settings.gpu_ids is not None else "NVML reports no GPU")
-        return _reply("ok", {"manager": manager, "gpu": gpu, "gpu_note": note})
+        return _reply("ok", {"manager": manager, "gpu": gpu, "gpu_note": note, "hosts": fleet_hosts})
 
     @app.get("/metrics")
     def metrics_route():

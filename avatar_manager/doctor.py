@@ -24,12 +24,12 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .lease import FLEET
 from .settings import ConfigError, Settings
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
@@ -209,7 +209,7 @@ def check_store(ctx: Context) -> list[Finding]:
 
 
 def check_supervisor(ctx: Context) -> list[Finding]:
-    holder = ctx.store.lease_holder(time.time())
+    holder = ctx.store.lease_holder(FLEET)
     states = Counter(instance.state.value for instance in ctx.store.list())
     recorded = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
     if holder is None:

@@ -9,9 +9,10 @@ from dataclasses import replace
 
 from lipsync_worker.avatar_config import AvatarError, NoSuchAvatar, check_name
 
-from . import ports
+from . import hosts, ports
 from .gpus import read_gpus
 from .instances import Instance, State
+from .lease import FLEET
 from .placement import Busy, Claim, Full
 from .settings import Settings
 from .store.base import NotFound, Store
@@ -60,12 +61,22 @@ class Fleet:
         self.store = store
 
     def supervised(self) -> bool:
-        return self.store.lease_holder(time.time()) is not None
+        """The fleet has a leader: a host agent is live (each owns the worker processes of its host)."""
+        return self.store.lease_holder(FLEET) is not None
 
     def _require_supervisor(self) -> None:
         if not self.supervised():
             raise Unavailable("no supervisor is running (it owns the worker processes); "
                               "check the manager's log, or start it with ./start.sh")
+
+    def offers(self) -> list[hosts.Host]:
+        """The live hosts and what each offers: as it last published (within a second), except
+        this very host (an API beside its agent), whose free ports and GPUs are read now."""
+        live = hosts.live_hosts(self.store)
+        here = self.settings.host_id
+        return [replace(h, ports=ports.free_ports(self.settings.ports),
+                        gpus=[(g.index, g.free_mb) for g in read_gpus(self.settings.gpu_ids)])
+                if h.id == here else h for h in live]
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -110,17 +121,21 @@ class Fleet:
                 left = None  # gone already
             if left is not None and left.token == joined.token and left.connections == 0:
                 # Nobody waits for it any more: a refused start must not spawn a worker later.
-                self.store.transition(avatar, {State.STARTING, State.BACKOFF}, State.STOPPING, restart=False)
+                self.store.transition(avatar, {State.STARTING, State.BACKOFF, State.LOST}, State.STOPPING,
+                                      restart=False)
             raise
         return replace(running, connections=joined.connections), created
 
     def _claim(self, instance_id: str, avatar: str, needs_gpu: bool, deadline: float) -> tuple[Instance, bool]:
+        # The hosts publish what they offer every second: after a store lost its data, wait for that.
+        hosts_due = time.monotonic() + 2 * hosts.RENEW_EVERY
         while True:
+            offers = self.offers()
+            if not offers and time.monotonic() < min(hosts_due, deadline):
+                time.sleep(POLL)
+                continue
             claim = Claim(avatar=avatar, instance_id=instance_id, token=secrets.token_hex(16), now=time.time(),
-                          max_instances=self.settings.max_avatars,
-                          ports=ports.free_ports(self.settings.ports),
-                          gpus=[(g.index, g.free_mb) for g in read_gpus(self.settings.gpu_ids)],
-                          min_free_mb=self.settings.gpu_min_free_mb, gpu_required=needs_gpu)
+                          hosts=offers, min_free_mb=self.settings.gpu_min_free_mb, gpu_required=needs_gpu)
             try:
                 return self.store.claim(claim)
             except Busy:

@@ -2,7 +2,8 @@
 
 STARTING -> RUNNING -> STOPPING -> STOPPED; a crash (or a failed restart): RUNNING (STARTING) ->
 EXITED -> BACKOFF -> STARTING; a first start that fails, or too many failures in a row: FAILED
-(stays down until /avatar/restart). A start replaces a record that
+(stays down until /avatar/restart). Its host lost: LOST -> STARTING on another host (or FAILED
+when none has room). A start replaces a record that
 is down (FAILED, STOPPED, EXITED) with a new STARTING one.
 One record per avatar name: users who pick the same avatar share its instance.
 """
@@ -22,17 +23,19 @@ class State(str, Enum):
     EXITED = "EXITED"
     BACKOFF = "BACKOFF"
     FAILED = "FAILED"
+    LOST = "LOST"         # its host stopped renewing its lease: to be placed again on another
 
 
 # Every move between states; a record may also stay in its state while its fields change.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.EXITED, State.FAILED}),
-    State.RUNNING: frozenset({State.STOPPING, State.EXITED}),
+    State.STARTING: frozenset({State.RUNNING, State.STOPPING, State.EXITED, State.FAILED, State.LOST}),
+    State.RUNNING: frozenset({State.STOPPING, State.EXITED, State.LOST}),
     State.STOPPING: frozenset({State.STOPPED, State.STARTING}),  # STARTING: a restart
     State.STOPPED: frozenset({State.STARTING}),
-    State.EXITED: frozenset({State.BACKOFF, State.FAILED, State.STOPPING, State.STARTING}),
-    State.BACKOFF: frozenset({State.STARTING, State.STOPPING}),
+    State.EXITED: frozenset({State.BACKOFF, State.FAILED, State.STOPPING, State.STARTING, State.LOST}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPING, State.LOST}),
     State.FAILED: frozenset({State.STOPPING, State.STARTING}),
+    State.LOST: frozenset({State.STARTING, State.FAILED, State.STOPPING}),  # STARTING: on another host
 }
 
 
@@ -44,7 +47,7 @@ def check_transition(sources, to: State) -> None:
 
 
 # A start joins an instance in these states; it waits for STOPPING to finish, and replaces the rest.
-JOINABLE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
+JOINABLE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF, State.LOST})
 # These hold a port (and count against MAX_AVATARS).
 HOLDS_PORT = frozenset({State.STARTING, State.RUNNING, State.STOPPING, State.EXITED, State.BACKOFF})
 
@@ -71,6 +74,10 @@ class Instance:
     sessions: int = 0         # live WebRTC sessions, as the worker's /health last said
     active_at: float = 0.0    # the last join, or the last health check that saw a live session
     restarts: int = 0         # times the worker was started again: after crashes, and on request
+    host: str = ""            # the id of the host it is placed on ("": a record from before hosts)
+    address: str = ""         # where the API and its host agent reach the worker ("": 127.0.0.1)
+    public_host: str = ""     # where clients reach it, URL-ready ("": the API's PUBLIC_HOST)
+    gpu_required: bool = False  # its engine cannot run on the CPU (placing it again needs a GPU)
 
     def to_record(self) -> dict[str, str]:
         """Flat strings, for Redis hashes."""
@@ -96,11 +103,18 @@ class Instance:
                 values[name] = str(raw)
         return cls(**values)
 
-    def to_api(self, host: str) -> dict:
+    @property
+    def url(self) -> str:
+        """The worker's HTTP API, as the manager reaches it."""
+        return f"http://{url_host(self.address or LOCAL)}:{self.port}"
+
+    def to_api(self, public_host: str) -> dict:
         """The seed manager's instance fields, plus the lifecycle state and the last error.
-        `host`: where clients reach the worker, URL-ready (settings.public_host, never a request's
-        Host header, which any client may forge)."""
+        `public_host`: where clients reach a worker of a record that does not say (from before
+        hosts), URL-ready (settings.public_host, never a request's Host header, which any client
+        may forge)."""
         now = time.time()
+        host = self.public_host or public_host
         return {
             "avatar_id": self.instance_id,
             "real_avatar_name": self.avatar,
@@ -116,7 +130,16 @@ class Instance:
             "sessions": self.sessions,
             "restarts": self.restarts,
             "error": self.error or None,
+            "host": self.host or None,
         }
+
+
+LOCAL = "127.0.0.1"
+
+
+def url_host(address: str) -> str:
+    """An address as it goes into a URL: an IPv6 one in brackets."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 def record_value(value: object) -> str:

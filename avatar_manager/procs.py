@@ -72,10 +72,10 @@ def get_json(url: str, timeout: float, headers: dict[str, str] | None = None) ->
     return body if isinstance(body, dict) else None
 
 
-def worker_health(port: int, token: str, api_token: str | None, timeout: float = 1.0) -> dict | None:
+def worker_health(url: str, token: str, api_token: str | None, timeout: float = 1.0) -> dict | None:
     """The worker's /health, if it names this instance's token (not merely a listener). With an
     API token set the worker names it only to a caller that sends that token."""
-    body = get_json(f"http://127.0.0.1:{port}/health", timeout, auth.headers(api_token))
+    body = get_json(f"{url}/health", timeout, auth.headers(api_token))
     return body if body is not None and body.get("instance_token") == token else None
 
 
@@ -147,9 +147,10 @@ def _runs_module(argv: list[str], module: str) -> bool:
 
 
 def describe_worker(proc: subprocess.Popen | psutil.Process, module: str, data_dir: Path,
-                    ports: range) -> WorkerProcess | None:
+                    ports: range, host_id: str) -> WorkerProcess | None:
     """The worker `proc` is, if it is one of ours: `python -m MODULE` listening on one of our
-    ports and serving our data dir (so another manager's workers on this host are never ours)."""
+    ports, serving our data dir and spawned for our host (so another manager's workers on this
+    machine are never ours; a worker from before hosts names none)."""
     try:
         process = psutil.Process(proc.pid)
         argv = process.cmdline()
@@ -161,18 +162,18 @@ def describe_worker(proc: subprocess.Popen | psutil.Process, module: str, data_d
         return None
     avatar, port, token = _flag(argv, "avatar_id"), _flag(argv, "listenport"), env.get("INSTANCE_TOKEN")
     if (not avatar or not token or port is None or not port.isdigit() or int(port) not in ports
-            or env.get("AVATAR_DATA_DIR") != str(data_dir)):
+            or env.get("AVATAR_DATA_DIR") != str(data_dir) or env.get("HOST_ID", host_id) != host_id):
         return None
     devices = env.get("CUDA_VISIBLE_DEVICES", "")
     gpu = -1 if devices == "" else int(devices) if devices.isdigit() else None
     return WorkerProcess(proc=proc, avatar=avatar, port=int(port), token=token, gpu=gpu, started=started)
 
 
-def find_workers(module: str, data_dir: Path, ports: range) -> list[WorkerProcess]:
+def find_workers(module: str, data_dir: Path, ports: range, host_id: str) -> list[WorkerProcess]:
     """Every live worker of ours on this host (a scan of every process: not every tick)."""
     found = []
     for process in psutil.process_iter():
-        worker = describe_worker(process, module, data_dir, ports)
+        worker = describe_worker(process, module, data_dir, ports, host_id)
         if worker is not None:
             found.append(worker)
     return found

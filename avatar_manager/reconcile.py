@@ -18,7 +18,8 @@ it does not own (a manager killed outright leaves them). Each such worker is set
 from __future__ import annotations
 
 from . import procs
-from .instances import Instance, State
+from .instances import Instance, State, url_host
+from .settings import Settings
 from .steps import Child, Proc
 from .store.base import Store
 
@@ -41,14 +42,15 @@ def strays(found: list[procs.WorkerProcess], workers: dict[str, Child]) -> list[
     return [w for w in found if w.pid not in owned and w.avatar not in busy]
 
 
-def settle(store: Store, worker: procs.WorkerProcess, api_token: str | None, max_instances: int,
-           now: float) -> tuple[bool, str]:
-    """Make the store know the worker: (True, how) when it does now, (False, why) when the
-    worker must be stopped instead."""
+def settle(store: Store, worker: procs.WorkerProcess, settings: Settings, now: float) -> tuple[bool, str]:
+    """Make the store know the worker, one of this host's: (True, how) when it does now,
+    (False, why) when the worker must be stopped instead."""
     record = store.get(worker.avatar)
     if record is not None and record.avatar != worker.avatar:
         record = None  # get() fell back to an instance id: another avatar's record
     if record is not None:
+        if record.host not in ("", settings.host_id):
+            return False, f"avatar {worker.avatar} runs on host {record.host} now"
         if record.token != worker.token:
             return False, f"avatar {worker.avatar} is now another instance (port {record.port})"
         if record.pid != worker.pid or abs(record.pid_started - worker.started) >= 0.01:
@@ -59,19 +61,21 @@ def settle(store: Store, worker: procs.WorkerProcess, api_token: str | None, max
         return False, f"its record is {record.state.value}"
     if worker.gpu is None:
         return False, "its CUDA_VISIBLE_DEVICES names no single GPU"
-    health = procs.worker_health(worker.port, worker.token, api_token, timeout=HEALTH_TIMEOUT)
+    url = f"http://{url_host(settings.host_address)}:{worker.port}"
+    health = procs.worker_health(url, worker.token, settings.api_token, timeout=HEALTH_TIMEOUT)
     if health is None or health.get("avatar") != worker.avatar or health.get("pid") != worker.pid:
         return False, "it does not answer /health as itself"
     if health.get("ready", True) is not True:
         return False, "it is not ready (a start cut short)"
-    if not store.restore(rebuilt(worker, int(health.get("sessions", 0)), now), max_instances):
+    if not store.restore(rebuilt(worker, settings, int(health.get("sessions", 0)), now), settings.max_avatars):
         return False, "its port or its slot went to another instance"
     return True, "re-registered: the store had lost it"
 
 
-def rebuilt(worker: procs.WorkerProcess, sessions: int, now: float) -> Instance:
+def rebuilt(worker: procs.WorkerProcess, settings: Settings, sessions: int, now: float) -> Instance:
     """The record of a running worker whose record was lost, as faithfully as it can be known."""
     return Instance(avatar=worker.avatar, instance_id=worker.avatar, state=State.RUNNING, port=worker.port,
                     gpu=worker.gpu, reserved_mb=0, token=worker.token, connections=0, created=worker.started,
                     pid=worker.pid, pid_started=worker.started, ready_at=worker.started, idle_since=now,
-                    sessions=sessions, active_at=now if sessions else 0.0)
+                    sessions=sessions, active_at=now if sessions else 0.0, host=settings.host_id,
+                    address=settings.host_address, public_host=settings.public_host)

@@ -60,7 +60,7 @@ def _worker_url(instance: Instance, path: str) -> str:
     if instance.state != State.RUNNING:
         why = f": {instance.error.splitlines()[0]}" if instance.error else ""
         raise RelayError(503, f"avatar {instance.avatar} is {instance.state.value}, not RUNNING{why}")
-    return f"http://127.0.0.1:{instance.port}/{path}"
+    return f"{instance.url}/{path}"
 
 
 def _unreachable(instance: Instance, path: str, exc: requests.RequestException, timeout: float) -> RelayError:

@@ -69,10 +69,10 @@ def forget_stale(store: Store, instances: list[Instance]) -> int:
     return forgotten
 
 
-def worker_has_session(port: int, sessionid: int, api_token: str | None) -> bool | None:
+def worker_has_session(url: str, sessionid: int, api_token: str | None) -> bool | None:
     """Whether the worker still has the session: its /is_speaking answers 404 once it is gone."""
     try:
-        response = requests.post(f"http://127.0.0.1:{port}/is_speaking", json={"sessionid": sessionid},
+        response = requests.post(f"{url}/is_speaking", json={"sessionid": sessionid},
                                  headers=auth.headers(api_token), timeout=ASK_TIMEOUT, allow_redirects=False)
     except requests.RequestException:
         return None

@@ -155,6 +155,7 @@ class InstanceSchema(Schema):
     sessions = fields.Integer(required=True, metadata={"description": "live WebRTC sessions, as the worker said"})
     restarts = fields.Integer(required=True)
     error = fields.String(required=True, allow_none=True)
+    host = fields.String(required=True, allow_none=True, metadata={"description": "the host it is placed on"})
 
 
 class StartedSchema(InstanceSchema):
@@ -221,10 +222,23 @@ class ManagerStatusSchema(Schema):
     version = fields.String(required=True)
 
 
+class HostSchema(Schema):
+    id = fields.String(required=True)
+    state = fields.String(required=True, metadata={"enum": ["live", "lost"]})
+    address = fields.String(required=True, metadata={"description": "where the API reaches its workers"})
+    public_host = fields.String(required=True, metadata={"description": "where clients reach them"})
+    max = fields.Integer(required=True)
+    instances = fields.Integer(required=True)
+    gpus = fields.List(fields.Nested(GpuSchema), required=True, metadata={"description": "as it last said"})
+    gpu_note = fields.String(required=True, allow_none=True)
+    lease_seconds_left = fields.Float(required=True)
+
+
 class StatusDataSchema(Schema):
     manager = fields.Nested(ManagerStatusSchema, required=True)
-    gpu = fields.List(fields.Nested(GpuSchema), required=True)
+    gpu = fields.List(fields.Nested(GpuSchema), required=True, metadata={"description": "this host's"})
     gpu_note = fields.String(required=True, allow_none=True, metadata={"description": "why no GPU is listed"})
+    hosts = fields.List(fields.Nested(HostSchema), required=True, metadata={"description": "the fleet's hosts"})
 
 
 class StatusReplySchema(_Envelope):
@@ -304,7 +318,7 @@ class JobReplySchema(_Envelope):
 
 SCHEMAS = (StartSchema, DisconnectSchema, StopSchema, RestartSchema, RegisterSchema, ErrorSchema, MessageSchema,
            InstanceSchema, StartedSchema, StartReplySchema, InstanceReplySchema, StopReplySchema, InstanceListSchema,
-           MemorySchema, GpuSchema, ManagerStatusSchema, StatusDataSchema, StatusReplySchema, HealthSchema,
+           MemorySchema, GpuSchema, ManagerStatusSchema, HostSchema, StatusDataSchema, StatusReplySchema, HealthSchema,
            ReadyDataSchema, ReadyReplySchema, TtsServerSchema, TtsReplySchema, ConsoleConfigSchema,
            ConsoleConfigReplySchema, AvatarRecordSchema, AvatarReplySchema, AvatarListSchema, JobSchema,
            JobReplySchema)

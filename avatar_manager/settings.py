@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -77,6 +78,32 @@ def _public_host(raw: str, host: str) -> str:
     return f"[{address}]" if address.version == 6 else str(address)
 
 
+_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _host_id(raw: str) -> str:
+    """HOST_ID: this host's name in the fleet (the store keys its lease and its instances by it)."""
+    name = raw.strip() or socket.gethostname()
+    if not _HOST_ID.fullmatch(name):
+        raise ConfigError(f"HOST_ID={name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def _host_address(raw: str) -> str:
+    """HOST_ADDRESS: where the API processes (and this host's agent) reach its workers, which
+    listen there. A host name or an IP address, not a wildcard."""
+    name = raw.strip() or "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        if not _HOSTNAME.fullmatch(name) or len(name) > 253:
+            raise ConfigError(f"HOST_ADDRESS={raw!r} must be a host name or an IP address") from None
+        return name
+    if address.is_unspecified:
+        raise ConfigError(f"HOST_ADDRESS={raw!r} is a wildcard: name the address other hosts reach this one at")
+    return str(address)
+
+
 def _cors_origins(env: dict) -> list[str]:
     try:
         return allowed_origins(env.get("CORS_ORIGINS"), token_set=bool(env.get("API_TOKEN")))
@@ -90,6 +117,8 @@ class Settings:
     host: str
     port: int
     public_host: str             # PUBLIC_HOST, URL-ready: where clients reach the workers (webrtc_url)
+    host_id: str                 # HOST_ID: this host in the fleet (default: the host name)
+    host_address: str            # HOST_ADDRESS: where the API and the agent reach this host's workers
     base_port: int
     max_avatars: int
     log_dir: Path
@@ -141,7 +170,10 @@ class Settings:
             data_dir=Path(env.get("AVATAR_DATA_DIR") or "data").resolve(),
             host=env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST,
             port=_port(env, "AVATAR_MANAGER_PORT", MANAGER_PORT),
-            public_host=_public_host(env.get("PUBLIC_HOST", ""), env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST),
+            public_host=_public_host(env.get("PUBLIC_HOST", ""), env.get("HOST_ADDRESS")
+                                     or env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST),
+            host_id=_host_id(env.get("HOST_ID", "")),
+            host_address=_host_address(env.get("HOST_ADDRESS", "")),
             base_port=_port(env, "AVATAR_BASE_PORT", AVATAR_BASE_PORT),
             max_avatars=number(env, "MAX_AVATARS", 10, 1, int),
             log_dir=Path(env.get("LOG_DIR") or "logs").resolve(),

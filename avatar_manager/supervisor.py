@@ -22,7 +22,7 @@ from .settings import Settings
 from .steps import Child, Proc, Report, Steps, backoff_delay
 from .store.base import Store
 from .tts import TtsServers
-from .workers import avatar_spec, command, log_path
+from .workers import Fence, avatar_spec, command, log_path
 
 log = logging.getLogger("avatar_manager.supervisor")
 
@@ -32,8 +32,9 @@ STAYED_UP = 60.0        # a worker up this long before a crash starts a fresh fa
 
 class Supervisor:
     def __init__(self, settings: Settings, store: Store, steps: Steps, tts: TtsServers,
-                 shutting_down: Callable[[], bool]) -> None:
+                 shutting_down: Callable[[], bool], fence: Fence | None = None) -> None:
         self.settings = settings
+        self.worker_fence = fence  # workers end themselves when the agent stops renewing the host lease
         self.store = store
         self.steps = steps
         self.tts = tts
@@ -49,8 +50,12 @@ class Supervisor:
 
     # --- every tick ----------------------------------------------------------------------------
 
+    def mine(self, instance: Instance) -> bool:
+        """Whether the instance is placed on this host (a record from before hosts is)."""
+        return instance.host in ("", self.settings.host_id)
+
     def tick(self, now: float) -> None:
-        instances = self.store.list()
+        instances = [i for i in self.store.list() if self.mine(i)]
         self._settle_workers(instances, now)
         records = {i.avatar: i for i in instances}
         for avatar, child in list(self.workers.items()):
@@ -118,8 +123,8 @@ class Supervisor:
         worked is FAILED at once, its port freed. The record as it is now."""
         child.proc, child.misses = None, 0
         current = self.store.record(instance.avatar)
-        if current is None or current.token != instance.token or current.state not in (State.STARTING,
-                                                                                        State.RUNNING):
+        if (current is None or current.token != instance.token or not self.mine(current)
+                or current.state not in (State.STARTING, State.RUNNING)):
             return current
         tail = procs.log_tail(log_path(self.settings, current))
         if current.state == State.STARTING:
@@ -157,7 +162,7 @@ class Supervisor:
         if not ports.is_free(instance.port):
             self.finish(child, instance, f"port {instance.port} is in use by another process", now)
             return
-        argv, env = command(self.settings, spec, instance)
+        argv, env = command(self.settings, spec, instance, self.worker_fence)
         path = log_path(self.settings, instance)
         prune_instance_logs(self.settings.log_dir, {path, *(log_path(self.settings, i) for i in self.store.list())},
                             self.settings.log_retention_days)
@@ -173,7 +178,7 @@ class Supervisor:
             return current is None or current.state != State.STARTING or self.shutting_down()
 
         def healthy() -> bool:
-            health = procs.worker_health(instance.port, instance.token, self.settings.api_token, timeout=0.5)
+            health = procs.worker_health(instance.url, instance.token, self.settings.api_token, timeout=0.5)
             return health is not None and health.get("ready", True) is True  # a model engine warms up first
 
         outcome = procs.wait_ready(proc, healthy, started + self.settings.startup_timeout - time.monotonic(),
@@ -214,10 +219,10 @@ class Supervisor:
 
     def _probe(self, report: Report, child: Child, instance: Instance) -> None:
         timeout = min(2.0, self.settings.health_check_interval)
-        health = procs.worker_health(instance.port, instance.token, self.settings.api_token, timeout=timeout)
+        health = procs.worker_health(instance.url, instance.token, self.settings.api_token, timeout=timeout)
         if health is not None:
             relayed_sessions.release_gone(self.store, instance, lambda sid: relayed_sessions.worker_has_session(
-                instance.port, sid, self.settings.api_token))
+                instance.url, sid, self.settings.api_token))
         report(lambda: self._probed(child, instance, health))
 
     def _probed(self, child: Child, instance: Instance, health: dict | None) -> None:
@@ -295,11 +300,11 @@ class Supervisor:
         """Our children the store does not record, and (every SCAN_EVERY s, or with `scan`)
         workers of ours on the host that we do not own: each avatar's settled in a step."""
         found = [w for proc in reconcile.unrecorded(self.workers, instances) if (w := procs.describe_worker(
-            proc, self.settings.worker_module, self.settings.data_dir, self.settings.ports))]
+            proc, self.settings.worker_module, self.settings.data_dir, self.settings.ports, self.settings.host_id))]
         if scan or now >= self.next_scan:
             self.next_scan = now + reconcile.SCAN_EVERY
-            relayed_sessions.forget_stale(self.store, instances)
-            scanned = procs.find_workers(self.settings.worker_module, self.settings.data_dir, self.settings.ports)
+            scanned = procs.find_workers(self.settings.worker_module, self.settings.data_dir, self.settings.ports,
+                                         self.settings.host_id)
             found += reconcile.strays(scanned, self.workers)
         by_avatar: dict[str, list[procs.WorkerProcess]] = {}
         for worker in found:
@@ -311,8 +316,7 @@ class Supervisor:
     def _settle(self, report: Report, child: Child, workers: list[procs.WorkerProcess]) -> None:
         """Make the store know each of an avatar's workers, or stop it (reconcile.settle)."""
         for worker in workers:
-            kept, how = reconcile.settle(self.store, worker, self.settings.api_token, self.settings.max_avatars,
-                                         time.time())
+            kept, how = reconcile.settle(self.store, worker, self.settings, time.time())
             if kept:
                 report(lambda worker=worker, how=how: self._owned(child, worker, how))
             else:
@@ -332,9 +336,20 @@ class Supervisor:
 
     # --- shutdown ------------------------------------------------------------------------------
 
-    def shutdown(self, leader: bool) -> int:
-        """Stop every worker this supervisor owns (in parallel: each may take STOP_TIMEOUT); a
-        leader, which owned every instance, then clears their records. How many it stopped."""
+    def fence(self) -> int:
+        """This host is cut off from the store: every worker ends now (SIGKILL to its group, no
+        grace: the fleet may place its avatar on another host any moment). Their exits are
+        collected by the next ticks. How many were running."""
+        running = [c.proc for c in self.workers.values() if c.proc is not None and procs.alive(c.proc)]
+        for proc in running:
+            procs.kill_group(proc.pid)
+        return len(running)
+
+    def shutdown(self, supervising: bool) -> int:
+        """Stop every worker this supervisor owns (in parallel: each may take STOP_TIMEOUT); then,
+        while it still supervises this host, its instances' records: cleared on a fleet of one
+        host, LOST on a fleet of several (the fleet places them again on the other hosts, as for
+        a host that died). How many it stopped."""
         owned = [c.proc for c in self.workers.values() if c.proc is not None]
         self.workers.clear()
         threads = [threading.Thread(target=procs.kill_tree, args=(proc, self.settings.stop_timeout)) for proc in owned]
@@ -342,8 +357,12 @@ class Supervisor:
             t.start()
         for t in threads:
             t.join()
-        if leader:
-            for instance in self.store.list():
+        if supervising:
+            for instance in filter(self.mine, self.store.list()):
+                if self.worker_fence is not None and instance.state not in (State.STOPPING, State.FAILED):
+                    self.store.transition(instance.avatar, {instance.state}, State.LOST, pid=0,
+                                          error=f"its host {self.settings.host_id} was shut down")
+                    continue
                 self.store.transition(instance.avatar, set(State) - {State.STOPPED}, State.STOPPING)
                 self.store.transition(instance.avatar, {State.STOPPING}, State.STOPPED, pid=0)
                 self.store.remove(instance.avatar, State.STOPPED)

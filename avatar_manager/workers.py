@@ -1,6 +1,7 @@
 """What runs for an avatar: its config.json turned into a worker command line and environment."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,16 @@ def log_path(settings: Settings, instance: Instance) -> Path:
     return settings.log_dir / f"avatar_{instance.instance_id}_{instance.port}.log"
 
 
-def command(settings: Settings, spec: AvatarSpec, instance: Instance) -> tuple[list[str], dict[str, str]]:
+@dataclass(frozen=True)
+class Fence:
+    """A worker ends itself once `path` (touched by its agent at each lease renewal) is older
+    than `after` seconds (lipsync_worker/fence.py)."""
+    path: Path
+    after: float
+
+
+def command(settings: Settings, spec: AvatarSpec, instance: Instance,
+            fence: Fence | None = None) -> tuple[list[str], dict[str, str]]:
     """The argument list (never a shell string) and environment of the avatar's worker."""
     # Each value glued to its flag: a config.json value (a timbre "-x") is never read as an option.
     argv = [sys.executable, "-m", settings.worker_module,
@@ -59,7 +69,10 @@ def command(settings: Settings, spec: AvatarSpec, instance: Instance) -> tuple[l
             f"--tts={spec.tts.name}", f"--TTS_SERVER={spec.tts.url}", f"--REF_FILE={spec.timbre}"]
     # It requires our API token on its routes, and gets the CORS origins we decided, which then
     # hold for the whole fleet.
+    # It listens where the API processes reach it (WORKER_HOST, when set, wins: e.g. 0.0.0.0).
     env = service_env(settings.api_token, INSTANCE_TOKEN=instance.token, AVATAR_DATA_DIR=str(settings.data_dir),
                       CUDA_VISIBLE_DEVICES=str(instance.gpu) if instance.gpu >= 0 else "", PYTHONUNBUFFERED="1",
-                      CORS_ORIGINS=as_setting(settings.cors_origins))
+                      CORS_ORIGINS=as_setting(settings.cors_origins),
+                      WORKER_HOST=os.environ.get("WORKER_HOST") or settings.host_address, HOST_ID=settings.host_id,
+                      **({"FENCE_FILE": str(fence.path), "FENCE_AFTER": f"{fence.after:g}"} if fence else {}))
     return argv, env

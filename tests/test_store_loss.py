@@ -4,6 +4,7 @@ stops the rest, so no port stays held by a worker nobody knows of."""
 from __future__ import annotations
 
 import os
+import socket
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import requests
 
 from avatar_manager import ports
 from avatar_manager.instances import Instance, State
+from avatar_manager.hosts import Host
 from avatar_manager.placement import Claim
 from avatar_manager.store.redis import RedisStore
 from avatar_manager.store.sqlite import SqliteStore
@@ -164,8 +166,10 @@ def test_a_worker_whose_avatar_another_record_now_holds_is_stopped_and_its_port_
     # The new file records another instance of avatar a, waiting to start on the third port.
     replacement = SqliteStore(tmp_path / "other.sqlite3")
     third = next(p for p in range(m.base_port, m.base_port + 3) if p not in {i["port"] for i in before.values()})
-    replacement.claim(Claim(avatar="a", instance_id="a", token="another-token", now=time.time(), max_instances=3,
-                            ports=[third], gpus=[], min_free_mb=0, gpu_required=False))
+    here = Host(id=socket.gethostname(), address="127.0.0.1", public_host="127.0.0.1", max_instances=3,
+                ports=[third], gpus=[])
+    replacement.claim(Claim(avatar="a", instance_id="a", token="another-token", now=time.time(), hosts=[here],
+                            min_free_mb=0, gpu_required=False))
     replacement.close()
     os.replace(tmp_path / "other.sqlite3", m.data_dir / "manager.sqlite3")
 

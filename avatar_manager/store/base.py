@@ -14,6 +14,7 @@ from dataclasses import fields
 from typing import Callable, Iterable, TypeVar
 
 from .. import placement
+from ..hosts import Host
 from ..instances import JOINABLE, Instance, State, check_transition, joining, left
 from ..placement import Claim
 
@@ -66,16 +67,21 @@ class Store(ABC):
         """Delete the record if it is still in `state`."""
 
     @abstractmethod
-    def take_lease(self, holder: str, ttl: float, now: float) -> bool:
-        """Become (or stay) the supervisor: true while `holder` holds an unexpired lease."""
+    def clock(self) -> float:
+        """The store's time in seconds: every host judges leases by this one clock."""
 
     @abstractmethod
-    def drop_lease(self, holder: str) -> None:
+    def take_lease(self, name: str, holder: str, ttl: float, now: float | None = None) -> bool:
+        """Take or renew the lease `name` (the fleet's leader, a host): true while `holder` holds
+        it unexpired. `now`: the store's clock() unless given."""
+
+    @abstractmethod
+    def drop_lease(self, name: str, holder: str) -> None:
         """Give the lease up, if `holder` has it."""
 
     @abstractmethod
-    def lease_holder(self, now: float) -> str | None:
-        """Who supervises now, or None when nobody holds a live lease."""
+    def lease_holder(self, name: str, now: float | None = None) -> str | None:
+        """Who holds the lease, or None when nobody holds it unexpired."""
 
     @abstractmethod
     def add_counts(self, counts: dict[str, float]) -> None:
@@ -167,6 +173,17 @@ class Store(ABC):
         def decide(records: list[Instance]) -> tuple[tuple[Instance, bool], list[Instance]]:
             instance, created = placement.place(claim, records)
             return (instance, created), [instance]
+        return self._atomically(decide)
+
+    def place_lost(self, avatar: str, token: str, hosts: list[Host], min_free_mb: int) -> Instance | None:
+        """The avatar's LOST instance (still that one: `token`) STARTING on a live host, or
+        FAILED when none has room (placement.place_again); None when it is not LOST any more."""
+        def decide(records: list[Instance]) -> tuple[Instance | None, list[Instance]]:
+            lost = next((r for r in records if r.avatar == avatar), None)
+            if lost is None or lost.token != token or lost.state != State.LOST:
+                return None, []
+            placed = placement.place_again(lost, hosts, min_free_mb, records)
+            return placed, [placed]
         return self._atomically(decide)
 
     def restore(self, instance: Instance, max_instances: int) -> bool:

@@ -4,7 +4,7 @@ read under WATCH and written in one MULTI, retried when a record changed meanwhi
 only check and write: every rule is in Python (store/base.py). SqliteStore is the spec.
 
 Layout under the prefix: inst:AVATAR, a hash of Instance.to_record(); avatars, the set of names;
-lease, a hash (holder, expires); counts, a hash of counters. The scripts build instance keys from
+lease:NAME, hashes (holder, expires); counts, a hash of counters. The scripts build instance keys from
 the prefix rather than taking them as KEYS, so this needs a standalone Redis, not a cluster.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "avm:") -> None:
         self.url = redacted(url)
         self.prefix = prefix
-        self._lease, self._counts = prefix + "lease", prefix + "counts"
+        self._counts = prefix + "counts"
         with self._errors():
             # No retries: a script re-sent after a timeout may already have run (a claim would
             # count its connection twice). The pool reconnects stale connections by itself.
@@ -187,20 +187,30 @@ class RedisStore(Store):
     def remove(self, avatar: str, state: State) -> bool:
         return bool(self._instances(self._remove, avatar, State(state).value))
 
-    def take_lease(self, holder: str, ttl: float, now: float) -> bool:
-        # Expiry is judged against the caller's clock; PEXPIRE only clears a long-dead lease.
+    def clock(self) -> float:
+        with self._errors():
+            seconds, micros = self._redis.time()
+        return seconds + micros / 1e6
+
+    def _lease_key(self, name: str) -> str:
+        return f"{self.prefix}lease:{name}"
+
+    def take_lease(self, name: str, holder: str, ttl: float, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        # PEXPIRE only clears a long-dead lease; expiry is judged against the store's clock.
         safety_ms = math.ceil(max(ttl, 0) * 2000) + 60_000
         with self._errors():
-            return bool(self._take_lease(keys=[self._lease],
+            return bool(self._take_lease(keys=[self._lease_key(name)],
                                          args=[holder, repr(float(now + ttl)), repr(float(now)), safety_ms]))
 
-    def drop_lease(self, holder: str) -> None:
+    def drop_lease(self, name: str, holder: str) -> None:
         with self._errors():
-            self._drop_lease(keys=[self._lease], args=[holder])
+            self._drop_lease(keys=[self._lease_key(name)], args=[holder])
 
-    def lease_holder(self, now: float) -> str | None:
+    def lease_holder(self, name: str, now: float | None = None) -> str | None:
+        now = self.clock() if now is None else now
         with self._errors():
-            holder, expires = self._redis.hmget(self._lease, ["holder", "expires"])
+            holder, expires = self._redis.hmget(self._lease_key(name), ["holder", "expires"])
         return holder if holder is not None and float(expires) >= now else None
 
     def add_counts(self, counts: dict[str, float]) -> None:

@@ -233,22 +233,26 @@ class SqliteStore(Store):
             return bool(db.execute("DELETE FROM instances WHERE avatar = ? AND state = ?",
                                    (avatar, State(state).value)).rowcount)
 
-    def take_lease(self, holder: str, ttl: float, now: float) -> bool:
+    def clock(self) -> float:
+        return time.time()  # one host: its clock is the store's
+
+    def take_lease(self, name: str, holder: str, ttl: float, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
         with self._tx() as db:
-            db.execute("INSERT INTO lease (name, holder, expires) VALUES ('supervisor', ?, ?) "
+            db.execute("INSERT INTO lease (name, holder, expires) VALUES (?, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires "
-                       "WHERE lease.holder = excluded.holder OR lease.expires < ?", (holder, now + ttl, now))
-            row = db.execute("SELECT holder FROM lease WHERE name = 'supervisor'").fetchone()
+                       "WHERE lease.holder = excluded.holder OR lease.expires < ?", (name, holder, now + ttl, now))
+            row = db.execute("SELECT holder FROM lease WHERE name = ?", (name,)).fetchone()
             return row["holder"] == holder
 
-    def drop_lease(self, holder: str) -> None:
+    def drop_lease(self, name: str, holder: str) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM lease WHERE name = 'supervisor' AND holder = ?", (holder,))
+            db.execute("DELETE FROM lease WHERE name = ? AND holder = ?", (name, holder))
 
-    def lease_holder(self, now: float) -> str | None:
+    def lease_holder(self, name: str, now: float | None = None) -> str | None:
+        now = self.clock() if now is None else now
         with self._tx(write=False) as db:
-            row = db.execute("SELECT holder FROM lease WHERE name = 'supervisor' AND expires >= ?",
-                             (now,)).fetchone()
+            row = db.execute("SELECT holder FROM lease WHERE name = ? AND expires >= ?", (name, now)).fetchone()
         return row["holder"] if row else None
 
     def add_counts(self, counts: dict[str, float]) -> None:
