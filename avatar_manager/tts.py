@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tts_services.models import MODELS, canonical_model
-
 import psutil
+
+from contracts.tts_models import MODELS, canonical_model
 
 from . import procs
 

@@ -12,8 +12,9 @@ import pytest
 import requests
 
 from bench import bombs
+from contracts.bounds import Bounds
 from lipsync_worker.avatars import read_frames
-from lipsync_worker.bounds import Bounds, TooCostly
+from lipsync_worker.bounds import TooCostly
 from managers import ROOT, wait_for
 
 PORTRAIT = ROOT / "assets" / "astronaut.png"
@@ -42,7 +43,7 @@ def registering(m) -> list[psutil.Process]:
     found = []
     for p in m.tree():
         try:
-            if "register" in p.cmdline():
+            if "prepare" in p.cmdline():
                 found.append(p)
         except psutil.Error:
             pass

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from ..avatar_config import AvatarError
-from ..avatars import Avatar, Box, avatar_lock, read_pickle
-from .weights import VAE
+from contracts.avatars import AvatarError, avatar_lock
+from contracts.musetalk_weights import VAE
+
+from ..avatars import Avatar, Box, read_pickle
 
 log = logging.getLogger("lipsync_worker.musetalk")
 

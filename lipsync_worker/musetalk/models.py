@@ -16,7 +16,9 @@ import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-from .weights import UNET, VAE, WHISPER, check
+from contracts.musetalk_weights import UNET, VAE, WHISPER
+
+from .weights import check
 
 # musetalkV15/musetalk.json as MuseTalk publishes it (the UNet of Stable Diffusion 1.x with 8 input
 # channels, masked + reference latents, and whisper-tiny's 384-wide features to attend to).
