@@ -54,38 +54,33 @@ def serve(argv: list[str]) -> int:
 
 
 def register(argv: list[str]) -> int:
-    """Prepare and record an avatar; prints its record as JSON. Run by operators, and by the
-    supervisor for an upload (--job=ID alone: the job document holds the rest)."""
+    """Prepare and record an avatar (the worker's prepare child does the preparing); prints its
+    record as JSON, or the reason it was refused (exit status 2)."""
     import argparse
     import json
 
     from . import registration
     parser = argparse.ArgumentParser(prog="python -m avatar_manager register")
-    parser.add_argument("path", type=Path, nargs="?", help="a photo or a video of one face")
-    parser.add_argument("--name")
+    parser.add_argument("path", type=Path, help="a photo or a video of one face")
+    parser.add_argument("--name", required=True)
     parser.add_argument("--owner", default="")
     parser.add_argument("--description", default="")
     parser.add_argument("--tts-model", default=None)
     parser.add_argument("--timbre", default=None)
     parser.add_argument("--engine", default=None, help="puppet (the default) or musetalk (prepares its latents)")
-    parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.job is None and (args.path is None or args.name is None):
-        parser.error("PATH and --name are required")
     try:
         settings = Settings.from_env()
         store = open_store(settings)
     except (ConfigError, StoreError) as exc:
         print(f"register: {exc}", file=sys.stderr)
         return 2
-    if args.job is not None:
-        return registration.run_job(settings, store, args.job)
+    meta = {"owner": args.owner, "description": args.description, "tts_model": args.tts_model,
+            "timbre": args.timbre, "engine": args.engine}
     try:
         registration.lock(store, args.name, f"cli:{os.getpid()}")
         try:
-            record = registration.register(settings, store, args.path, args.name, owner=args.owner,
-                                           description=args.description, tts_model=args.tts_model,
-                                           timbre=args.timbre, engine=args.engine)
+            record = registration.register(settings, store, args.path, args.name, meta)
         finally:
             registration.unlock(store, args.name)
     except registration.RegistrationError as exc:

@@ -12,7 +12,6 @@ at most a second, and a check still busy after CHECK_TIMEOUT seconds is reported
 """
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.metadata
 import json
@@ -21,6 +20,7 @@ import os
 import platform
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +28,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from contracts import musetalk_weights as weights
+from contracts.avatars import FORMAT, NAME, avatar_dir, is_livetalking, prepare_command, read_config
+from contracts.engines import ENGINES, needs_gpu
 
 from .lease import FLEET
 from .settings import ConfigError, Settings
@@ -37,6 +41,7 @@ LABELS = {OK: "[ ok ]", INFO: "[info]", WARN: "[warn]", FAIL: "[fail]"}
 Finding = tuple[str, str, str]  # (level, what, fix); fix is "" for ok and info
 CHECK_TIMEOUT = 20.0  # seconds one check may take before it is reported as hanging
 PROBE_TIMEOUT = 1.0   # seconds for any network probe
+CLI_TIMEOUT = 15.0    # seconds for a component's own command (the TTS server's checks), within CHECK_TIMEOUT
 INSTALL = "run ./start.sh install"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +65,7 @@ class Context:
     store: object | None = None           # the open Store, once the store check reached it
     gpus: list | None = None              # GPUs NVML reports; [] without NVML
     tts_used: set[str] = field(default_factory=set)
+    espeak: dict | None = None            # what `python -m tts_services offline-voice --speak` said
     hung: bool = False
 
 
@@ -94,12 +100,30 @@ def check_configuration(ctx: Context) -> list[Finding]:
     if not s.api_token and s.host not in ("127.0.0.1", "localhost", "::1"):
         found.append(warn(f"configuration: the API listens on {s.host} without API_TOKEN",
                           "set API_TOKEN, or AVATAR_MANAGER_HOST=127.0.0.1 behind a proxy"))
-    from tts_services.settings import Settings as TtsSettings
-    try:
-        TtsSettings.from_env(ctx.env)
-    except ConfigError as exc:
-        found.append(fail(f"TTS configuration: {exc}", "fix that variable; the TTS servers will not start"))
     return found
+
+
+def _component(ctx: Context, *argv: str) -> dict:
+    """The JSON object a component's own check command (`python -m ...`, fixed arguments) prints,
+    run in our environment; RuntimeError saying why when it prints none."""
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=ctx.env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"'{' '.join(argv)}' exited with code {done.returncode}: {last}")
+    return answer
+
+
+def check_tts_configuration(ctx: Context) -> list[Finding]:
+    """The TTS servers' own settings, as their command reads them."""
+    answer = _component(ctx, "-m", "tts_services", "check-config")
+    if answer.get("error"):
+        return [fail(f"TTS configuration: {answer['error']}", "fix that variable; the TTS servers will not start")]
+    return []
 
 
 # --- dependencies ------------------------------------------------------------------------------
@@ -333,7 +357,6 @@ def _images(folder: Path) -> int:
 
 def _folder_problem(path: Path, config: dict) -> tuple[str | None, int]:
     """What is wrong with the avatar's pictures and regions (without loading pictures), and the frame count."""
-    from lipsync_worker.avatar_config import FORMAT, is_livetalking
     if is_livetalking(path):
         frames = _images(path / "full_imgs")
         return (None if frames else f"{path / 'full_imgs'} holds no frames"), frames
@@ -354,11 +377,21 @@ def _folder_problem(path: Path, config: dict) -> tuple[str | None, int]:
     return None, frames
 
 
+def _espeak(ctx: Context) -> dict:
+    """What the offline voice (espeak, as the TTS server runs it) says of itself, asked once per
+    run: its "voices" and the "samples" of a test word, or the "error" it met."""
+    if ctx.espeak is None:
+        try:
+            ctx.espeak = _component(ctx, "-m", "tts_services", "offline-voice", "--speak")
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            ctx.espeak = {"error": f"{type(exc).__name__}: {exc}"}
+    return ctx.espeak
+
+
 def _check_avatar(ctx: Context, name: str) -> list[Finding]:
-    from lipsync_worker.avatar_config import ENGINES, avatar_dir, read_config
-    from .workers import GPU_ENGINES, avatar_spec
+    from .workers import avatar_spec
     s = ctx.settings
-    prepare = f"prepare it again: python -m lipsync_worker prepare IMAGE_OR_VIDEO --avatar_id {name}"
+    prepare = f"prepare it again: {prepare_command(name)}"
     edit = f"edit {s.avatars_dir / name / 'config.json'}"
     try:
         config = read_config(s.data_dir, name)
@@ -378,33 +411,29 @@ def _check_avatar(ctx: Context, name: str) -> list[Finding]:
     found = [ok(f"avatar {name}: {spec.engine} engine, {spec.tts.name} TTS (voice {spec.timbre}), "
                 f"{frames} frame{'s' if frames != 1 else ''}, max_session {spec.max_session}")]
     if spec.engine == "musetalk":
-        from lipsync_worker.musetalk_model import weights
         folder = weights.models_dir(ctx.env).resolve()
         if weights.missing(folder):
             return [fail(f"avatar {name}: its musetalk worker would exit at start: no MuseTalk weights in "
                          f"MODELS_DIR={folder}", f"run '{weights.DOWNLOAD_COMMAND}', or {edit}: set avatar_model "
                                                  "to puppet")]
-    if spec.engine in GPU_ENGINES and not ctx.gpus:
+    if needs_gpu(spec.engine) and not ctx.gpus:
         found.append(warn(f"avatar {name}: the {spec.engine} engine needs a GPU and this host has none",
                           f"run it on a GPU host, or {edit}: set avatar_model to puppet"))
-    if spec.tts.name == "espeak":
-        from tts_services.engines.espeak import EspeakEngine
-        if EspeakEngine().find_voice(spec.timbre) is None:
-            found.append(warn(f"avatar {name}: voice {spec.timbre!r} is not an espeak voice; it would not speak",
-                              f"{edit}: set timbre to one of {', '.join(v.name for v in EspeakEngine.VOICES[:6])}"
-                              ", ..."))
+    # Without the voices (espeak does not load), the TTS voices check says why.
+    voices = _espeak(ctx).get("voices", []) if spec.tts.name == "espeak" else []
+    if voices and spec.timbre not in voices:
+        found.append(warn(f"avatar {name}: voice {spec.timbre!r} is not an espeak voice; it would not speak",
+                          f"{edit}: set timbre to one of {', '.join(voices[:6])}, ..."))
     return found
 
 
 def check_avatars(ctx: Context) -> list[Finding]:
-    from lipsync_worker.avatar_config import NAME
     root = ctx.settings.avatars_dir
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if root.is_dir() else []
     if not names:
         return [warn(f"avatars: none in {root}, so no avatar can start",
-                     "./start.sh prepares a demo avatar (or python -m lipsync_worker prepare IMAGE_OR_VIDEO "
-                     "--avatar_id NAME)")]
+                     f"./start.sh prepares a demo avatar (or {prepare_command('NAME')})")]
     found = []
     for name in names:
         if not NAME.match(name):
@@ -416,21 +445,6 @@ def check_avatars(ctx: Context) -> list[Finding]:
 
 
 # --- voices and weights ------------------------------------------------------------------------
-
-def _espeak() -> tuple[int, int]:
-    """(voices listed, samples of a one-word test) from the espeak engine the TTS server runs."""
-    from tts_services.engines.espeak import EspeakEngine
-
-    async def speak() -> int:
-        engine = EspeakEngine()
-        samples = 0
-        async for chunk in engine.synthesize("ok", engine.voices()[0], "en"):
-            samples += len(chunk.pcm) // 2
-        await engine.close()
-        return samples
-
-    return len(EspeakEngine().voices()), asyncio.run(speak())
-
 
 def _reachable(host: str, port: int) -> str | None:
     """None when a TCP connection to host:port opens within the probe timeouts, else why not."""
@@ -461,15 +475,13 @@ def _reachable(host: str, port: int) -> str | None:
 
 def check_voices(ctx: Context) -> list[Finding]:
     found = []
-    try:
-        voices, samples = _espeak()
-    except Exception as exc:
-        found.append(fail(f"TTS espeak (the offline default) does not speak: {type(exc).__name__}: {exc}", INSTALL))
+    espeak = _espeak(ctx)
+    if "samples" not in espeak:
+        found.append(fail(f"TTS espeak (the offline default) does not speak: {espeak.get('error')}", INSTALL))
+    elif espeak["samples"]:
+        found.append(ok(f"TTS espeak: {len(espeak['voices'])} voices, speaks offline"))
     else:
-        if samples:
-            found.append(ok(f"TTS espeak: {voices} voices, speaks offline"))
-        else:
-            found.append(fail("TTS espeak: loads but produced no audio for a test word", INSTALL))
+        found.append(fail("TTS espeak: loads but produced no audio for a test word", INSTALL))
     if ctx.env.get("EDGETTS_PROXY"):
         found.append(info("TTS edge-tts: goes through EDGETTS_PROXY; not probed"))
         return found
@@ -485,8 +497,6 @@ def check_voices(ctx: Context) -> list[Finding]:
 
 
 def check_weights(ctx: Context) -> list[Finding]:
-    from lipsync_worker.musetalk_model import weights
-
     folder = weights.models_dir(ctx.env).resolve()
     where = f"MODELS_DIR={folder}"
     absent = weights.missing(folder)
@@ -507,6 +517,7 @@ class Check:
 
 CHECKS = [
     Check("configuration", check_configuration),
+    Check("TTS configuration", check_tts_configuration, "settings"),
     Check("dependencies", check_dependencies),
     Check("log dir", check_log_dir, "settings"),
     Check("store", check_store, "settings"),

@@ -7,7 +7,7 @@ import secrets
 import time
 from dataclasses import replace
 
-from lipsync_worker.avatar_config import AvatarError, NoSuchAvatar, check_name
+from contracts.avatars import AvatarError, NoSuchAvatar, check_name
 
 from . import hosts, ports
 from .gpus import read_gpus

@@ -1,6 +1,7 @@
 """Child processes: spawn one detached in its own session, probe its /health, kill its whole tree."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,16 +51,22 @@ def service_env(api_token: str | None, **extra: str) -> dict[str, str]:
     return child_env(**extra, **({auth.ENV: api_token} if api_token else {}))
 
 
-def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def spawn(argv: list[str], env: dict[str, str], log_path: Path, stdin: Path | None = None,
+          stdout: Path | None = None) -> subprocess.Popen:
     """Start argv (a list, never a shell string) in a new session, so its whole tree is one
-    process group to signal, and so a terminal's Ctrl-C is delivered by us, not by the tty."""
+    process group to signal, and so a terminal's Ctrl-C is delivered by us, not by the tty. Its
+    output goes to log_path; with `stdout`, its stdout (an answer to read) goes to that file
+    instead. It reads the file `stdin`, or nothing."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _rotate(log_path)
-    with open(log_path, "ab") as out:
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(open(log_path, "ab"))
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         out.flush()
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        source = files.enter_context(open(stdin, "rb")) if stdin is not None else subprocess.DEVNULL
+        answer = files.enter_context(open(stdout, "wb")) if stdout is not None else out
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=source, stdout=answer,
+                                stderr=out, start_new_session=True)
 
 
 def get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> dict | None:
@@ -89,10 +96,10 @@ def alive(proc: subprocess.Popen | psutil.Process) -> bool:
         return False
 
 
-def how_it_ended(proc: subprocess.Popen | psutil.Process) -> str:
+def how_it_ended(proc: subprocess.Popen | subprocess.CompletedProcess | psutil.Process) -> str:
     """'exited with code 3', or 'was killed by SIGKILL (...)': a signal by its name, as people look
     it up. An adopted process is not our child: its status went to the supervisor before us."""
-    code = proc.returncode if isinstance(proc, subprocess.Popen) else None
+    code = proc.returncode if isinstance(proc, (subprocess.Popen, subprocess.CompletedProcess)) else None
     if code is None:
         return "ended (how is unknown: it was adopted, not started by this supervisor)"
     if code >= 0:

@@ -1,36 +1,45 @@
 """Avatar registration: from a photo or a video to a ready avatar and its record in the registry.
 
-One path for everyone: `python -m avatar_manager register PATH --name NAME` prepares the avatar
-(lipsync_worker.avatars.prepare: content sniffing, face detection, quality checks, an atomic
-rename into place) and writes the registry record. The API saves an upload and queues a job (one
-of REGISTER_WORKERS + REGISTER_QUEUE slots, else a 429); the supervisor runs the same command for
-it as a child of its own (registration_jobs), which finds all it needs in the job document, and
-the job records the outcome.
+The manager decides and records: what it refuses before a byte is stored (check_request), one
+registration of a name at a time (lock), the queue's slots, and the registry record. The worker
+prepares: its `prepare --json` command (contracts.prepare: content sniffing, face detection,
+quality checks, an atomic rename into place, MuseTalk's latents) runs as a child and answers with
+what the record needs, so OpenCV and the decoders never load in the manager. Both paths run that
+child: `python -m avatar_manager register PATH --name NAME` waits for it (register); the API
+saves an upload and queues a job (one of REGISTER_WORKERS + REGISTER_QUEUE slots, else a 429),
+which the supervisor runs (registration_jobs) and which records the outcome.
 """
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import shutil
+import subprocess
 import sys
 import time
-from dataclasses import asdict, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Callable
 
-from lipsync_worker.avatar_config import ENGINES, AvatarError, avatar_dir, check_name, is_livetalking, read_config
-from lipsync_worker.bounds import Bounds
-from lipsync_worker.musetalk_model import weights
+from contracts import musetalk_weights as weights
+from contracts import prepare
+from contracts.avatars import (DEFAULT_CONFIG, AvatarError, avatar_dir, avatar_lock, check_name, is_livetalking,
+                               read_config)
+from contracts.bounds import Bounds
+from contracts.engines import ENGINES
 
+from . import procs
 from .settings import Settings
 from .store.base import Store
 from .tts import model_for, table
-from .workers import GPU_ENGINES
 
 LOCK_TTL = 900.0          # a registration lock outlives any real registration; a crashed one frees it
 JOB_KEEP = 3600.0         # finished jobs stay visible this long
-
+MAX_ANSWER_BYTES = 1024 * 1024   # the prepare child's answer: a few facts and measures
+# Decoders use a thread each per core, and glibc gives each thread up to 64 MB of address space
+# of its own: without this, REGISTER_MEMORY_MB would be eaten by reservations on a many-core host.
+CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 class JobState(str, Enum):
@@ -42,6 +51,7 @@ class JobState(str, Enum):
 
 
 ENDED = frozenset({JobState.DONE, JobState.FAILED})
+
 
 class RegistrationError(Exception):
     """Refused: `status` is the HTTP status (400, 409, 413, 415, 422, 429, 503), the message says why."""
@@ -94,48 +104,68 @@ def unlock(store: Store, name: str, holder: str | None = None) -> None:
     store.delete_doc("registering", name)
 
 
-def _plain(value):
-    return asdict(value) if is_dataclass(value) else value
+def prepare_argv() -> list[str]:
+    """The worker's prepare command: fixed flags only, what the user wrote goes in on stdin."""
+    return [sys.executable, *prepare.ARGV]
 
 
-def register(settings: Settings, store: Store, source: Path, name: str, *, owner: str = "", description: str = "",
-             tts_model: str | None = None, timbre: str | None = None, engine: str | None = None) -> dict:
-    """Prepare the avatar and record it; RegistrationError when refused (nothing is left behind)."""
-    from lipsync_worker import avatars  # OpenCV: only where preparation happens
-    from lipsync_worker.bounds import TooCostly
-    from lipsync_worker.intake import UnsupportedMedia
-    from lipsync_worker.quality import QualityError
+def child_env() -> dict[str, str]:
+    """The prepare child's environment: it touches no store and guards no route, so it gets
+    none of the manager's secrets."""
+    return procs.child_env(**CHILD_ENV)
 
-    check_request(settings, store, name, tts_model, engine)
-    overrides = {k: v for k, v in (("tts_model", tts_model), ("timbre", timbre), ("avatar_model", engine)) if v}
-    started = time.monotonic()
+
+def prepare_request(settings: Settings, source: Path, name: str, meta: dict) -> prepare.Request:
+    """What the prepare child is asked to make of `source`; `meta`: what the user chose
+    (tts_model, timbre, engine; absent or None where not)."""
+    chosen = {"tts_model": meta.get("tts_model"), "timbre": meta.get("timbre"), "avatar_model": meta.get("engine")}
+    overrides = {k: v for k, v in chosen.items() if v}
+    engine = overrides.get("avatar_model", DEFAULT_CONFIG["avatar_model"])
+    return prepare.Request(source=str(source.absolute()), name=name, data_dir=str(settings.data_dir),
+                           overrides=overrides, bounds=bounds(settings), latents=engine == "musetalk")
+
+
+def outcome(code: int | None, output: str) -> dict | None:
+    """The prepare child's result (contracts.prepare.RESULT) from its exit status and stdout;
+    RegistrationError for its refusal; None when it gave no answer (it failed, or was killed)."""
     try:
-        prepared = avatars.prepare(source, name, settings.data_dir, overrides=overrides, bounds=bounds(settings))
-    except TooCostly as exc:
-        raise RegistrationError(413, str(exc)) from None
-    except UnsupportedMedia as exc:
-        raise RegistrationError(415, str(exc), detected=exc.detected) from None
-    except QualityError as exc:
-        measured = {k: v for k, v in exc.metrics.items() if k != "faces_per_frame"}
-        raise RegistrationError(422, str(exc), reasons=list(exc.reasons), metrics=measured) from None
-    except AvatarError as exc:
-        raise RegistrationError(422, str(exc)) from None
-    config = read_config(settings.data_dir, name)
-    ready = [engine for engine in ENGINES if engine not in GPU_ENGINES]  # nothing to prepare for these
-    if config["avatar_model"] == "musetalk":
-        from lipsync_worker.musetalk_model.material import prepare_with_vae
-        prepare_with_vae(avatars.load(settings.data_dir, name), weights.models_dir())
-        ready.append("musetalk")
-    record = {
-        "name": name, "owner": owner, "description": description,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source_type": prepared.kind, "source_format": prepared.format,
-        "frame_count": prepared.frame_count, "size": list(prepared.size),
-        "faces": _plain(prepared.faces), "quality": _plain(prepared.quality),
-        "tts_model": config["tts_model"], "timbre": config["timbre"], "engine": config["avatar_model"],
-        "engines_ready": ready,
-        "processing_seconds": round(time.monotonic() - started, 3),
-    }
+        body = json.loads(output)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if code == 0 and all(k in body for k in prepare.RESULT):
+        return {k: body[k] for k in prepare.RESULT}
+    if code == prepare.REFUSED and isinstance(body.get("status"), int) and isinstance(body.get("message"), str):
+        detail = {k: v for k, v in body.items() if k not in ("status", "message")}
+        raise RegistrationError(body["status"], body["message"], **detail)
+    return None
+
+
+def make_record(name: str, meta: dict, result: dict) -> dict:
+    """The registry record of an avatar the prepare child made (`result`: its answer)."""
+    return {"name": name, "owner": meta.get("owner") or "", "description": meta.get("description") or "",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
+
+
+def register(settings: Settings, store: Store, source: Path, name: str, meta: dict) -> dict:
+    """Prepare the avatar in the worker's prepare child, waiting for it, and record it (the
+    operator's command line); RegistrationError when refused (nothing is left behind)."""
+    check_request(settings, store, name, meta.get("tts_model"), meta.get("engine"))
+    request = prepare_request(settings, source, name, meta)
+    try:
+        # Its stderr is the operator's terminal: what it says while it works, and why it failed.
+        done = subprocess.run(prepare_argv(), input=request.to_json(), stdout=subprocess.PIPE, text=True,
+                              cwd=procs.ROOT, env=child_env(), timeout=settings.register_timeout)
+    except subprocess.TimeoutExpired:
+        raise RegistrationError(503, f"registration did not finish within REGISTER_TIMEOUT="
+                                     f"{settings.register_timeout:g} s") from None
+    except OSError as exc:  # fork or exec refused (no memory, no processes left)
+        raise RegistrationError(503, f"registration could not start: {exc.strerror or exc}; try again later") from None
+    result = outcome(done.returncode, done.stdout[:MAX_ANSWER_BYTES])
+    if result is None:
+        raise RegistrationError(500, f"registration failed: the prepare child {procs.how_it_ended(done)}")
+    record = make_record(name, meta, result)
     store.put_doc("avatar", name, record)
     return record
 
@@ -176,7 +206,6 @@ def preview(settings: Settings, name: str) -> Path | None:
 
 def delete(settings: Settings, store: Store, name: str) -> None:
     """Remove the folder and the record. The caller checks no instance of it runs."""
-    from lipsync_worker.avatars import avatar_lock
     path = avatar_dir(settings.data_dir, name)
     with avatar_lock(settings.data_dir, name):  # not while a preparation swaps the folder
         if path.exists():
@@ -210,7 +239,8 @@ def _claim_slot(settings: Settings, store: Store, job_id: str) -> int:
 
 
 def release(store: Store, job: dict) -> None:
-    """For a job that ends without its child's word: delete its upload, unlock its name."""
+    """For a job that ends: delete its upload folder (with the child's request and answer),
+    unlock its name."""
     shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
     unlock(store, job["avatar"], holder=f"job:{job['id']}")
 
@@ -263,37 +293,6 @@ def finish_job(store: Store, job: dict, record: dict | None = None, error: dict 
            "record": record, "error": error}
     store.put_doc("job", job["id"], job)
     return job
-
-
-def job_argv(job: dict) -> list[str]:
-    """The command that carries the job out: only the job's id (ours, hex) is on the command line;
-    the child reads the name, the upload and what the user wrote from the job document (argv is
-    public to every local user, and bounded in size)."""
-    return [sys.executable, "-m", "avatar_manager", "register", f"--job={job['id']}"]
-
-
-def run_job(settings: Settings, store: Store, job_id: str) -> int:
-    """The child's side of a job: prepare, release the name and the upload, then record the outcome
-    (in that order: whoever hears it may register the name again at once). The exit status."""
-    job = store.get_doc("job", job_id)
-    if job is None or job["state"] in ENDED:
-        print(f"register: no job {job_id!r} to run", file=sys.stderr)
-        return 2
-    meta = job["meta"]
-    try:
-        try:
-            record = register(settings, store, Path(job["upload"]), job["avatar"], owner=meta.get("owner") or "",
-                              description=meta.get("description") or "", tts_model=meta.get("tts_model"),
-                              timbre=meta.get("timbre"), engine=meta.get("engine"))
-        finally:
-            unlock(store, job["avatar"], holder=f"job:{job_id}")
-            shutil.rmtree(Path(job["upload"]).parent, ignore_errors=True)
-    except RegistrationError as exc:
-        finish_job(store, job, error=exc.to_json())
-        print(f"register: {exc}", file=sys.stderr)
-        return 2
-    finish_job(store, job, record=record)
-    return 0
 
 
 def prune_jobs(store: Store, now: float, jobs: list[dict]) -> None:

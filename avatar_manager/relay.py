@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import requests
 
 from contracts import auth
-from lipsync_worker.limits import MAX_FORM_BYTES, MAX_JSON_BYTES
+from contracts.limits import MAX_FORM_BYTES, MAX_JSON_BYTES
 
 from .instances import Instance, State
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
+from contracts import worker_api
 from contracts.openapi import load
-from lipsync_worker import schemas as worker_schemas
 
 from . import relay, relayed_sessions
 from .fleet import BadRequest, Fleet, StartFailed, Unavailable, valid_name
@@ -111,7 +111,7 @@ def blueprint(fleet: Fleet, store: Store) -> Blueprint:
         body = request.get_data()
         valid_name(key)
         try:
-            load(worker_schemas.OfferSchema(), request.get_json(silent=True))
+            load(worker_api.OfferSchema(), request.get_json(silent=True))
         except (ValueError, RecursionError) as exc:
             raise BadRequest(f'expected {{"sdp": "<SDP offer>", "type": "offer"}}: {exc}') from None
         try:  # the key may be the id of a running instance, whatever its avatar's name

@@ -10,9 +10,10 @@ import re
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from contracts import worker_api
+from contracts.avatars import NAME
+from contracts.engines import ENGINES
 from contracts.openapi import Body, error_responses
-from lipsync_worker.avatar_config import ENGINES, NAME
-from lipsync_worker import schemas as worker_schemas
 
 from .instances import State
 
@@ -326,13 +327,13 @@ SCHEMAS = (StartSchema, DisconnectSchema, StopSchema, RestartSchema, RegisterSch
 
 # --- the relay (relay_routes.py): the worker's own bodies, and its error with the manager's reason --
 
-class WorkerErrorSchema(worker_schemas.ErrorSchema):
+class WorkerErrorSchema(worker_api.ErrorSchema):
     reason = fields.String(metadata={"enum": ["capacity", "start_failed", "unavailable"],
                                      "description": "on a 503 of the start a relayed /offer made: which kind"})
 
 
-SCHEMAS += (worker_schemas.OfferSchema, worker_schemas.AnswerSchema, worker_schemas.HumanSchema,
-            worker_schemas.HumanAudioSchema, worker_schemas.SessionRequestSchema, WorkerErrorSchema)
+SCHEMAS += (worker_api.OfferSchema, worker_api.AnswerSchema, worker_api.HumanSchema,
+            worker_api.HumanAudioSchema, worker_api.SessionRequestSchema, WorkerErrorSchema)
 
 
 # The error answers, referred to by the routes as '#/components/responses/NAME'.

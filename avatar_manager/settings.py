@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from contracts.avatars import data_dir
+from contracts.bounds import DEFAULT as DEFAULT_BOUNDS
 from contracts.cors import allowed_origins
-from lipsync_worker.bounds import DEFAULT as DEFAULT_BOUNDS
-from lipsync_worker.ice import parse_ice_servers
-from lipsync_worker.limits import MAX_JSON_BYTES
-from ports_config import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
-from tts_services.settings import ConfigError, number
+from contracts.ice import parse_ice_servers
+from contracts.limits import MAX_JSON_BYTES
+from contracts.ports import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
+from contracts.settings import ConfigError, number
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -140,7 +141,7 @@ class Settings:
     max_avatar_file_bytes: int   # uploads for registration (MAX_AVATAR_FILE_SIZE, in MB)
     register_timeout: float      # a registration still running after this is killed
     register_wait: float         # POST /avatar/register answers with the result within this, else 202
-    register_workers: int        # registrations prepared at once (REGISTER_WORKERS), in threads of their own
+    register_workers: int        # registrations prepared at once (REGISTER_WORKERS), each a process of its own
     register_queue: int          # more waiting their turn (REGISTER_QUEUE); past that a 429
     max_image_pixels: int        # a photo or one video frame (MAX_IMAGE_PIXELS), checked before decoding
     max_video_pixels: int        # pixels decoded from a video's first 10 s (MAX_VIDEO_PIXELS)
@@ -167,7 +168,7 @@ class Settings:
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         settings = cls(
-            data_dir=Path(env.get("AVATAR_DATA_DIR") or "data").resolve(),
+            data_dir=data_dir(env).resolve(),
             host=env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST,
             port=_port(env, "AVATAR_MANAGER_PORT", MANAGER_PORT),
             public_host=_public_host(env.get("PUBLIC_HOST", ""), env.get("HOST_ADDRESS")

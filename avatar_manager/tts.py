@@ -10,7 +10,7 @@ from typing import Callable
 
 import psutil
 
-from tts_services.models import MODELS, canonical_model
+from contracts.tts_models import MODELS, canonical_model
 
 from . import procs
 from .steps import Child, Proc, Report, Steps, backoff_delay

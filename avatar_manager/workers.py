@@ -6,17 +6,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.avatars import read_config
 from contracts.cors import as_setting
-from lipsync_worker.avatar_config import read_config
+from contracts.engines import needs_gpu
 
 from .instances import Instance
 from .procs import service_env
 from .settings import Settings
 from .tts import TtsModel, model_for, table
-
-# Engines that need a GPU; the others run anywhere.
-GPU_ENGINES = frozenset({"musetalk"})
-
 
 @dataclass(frozen=True)
 class AvatarSpec:
@@ -29,7 +26,7 @@ class AvatarSpec:
 
     @property
     def needs_gpu(self) -> bool:
-        return self.engine in GPU_ENGINES
+        return needs_gpu(self.engine)
 
 
 def avatar_spec(settings: Settings, name: str) -> AvatarSpec:

@@ -5,7 +5,7 @@ bombs (harness/bombs.py), each refused, with the peak RSS of the registration ch
 
 A real manager (its own temporary data and log folders, free ports, defaults otherwise). Each
 run POSTs the file to /avatar/register (multipart) and times the round trip until its answer:
-the upload is stored, the supervisor runs `python -m avatar_manager register` for it (content
+the upload is stored, the supervisor runs `python -m lipsync_worker prepare --json` for it (content
 sniffing, face detection on every frame, quality checks, frames written, the atomic rename), and
 the handler answers with the record. `processing_seconds` is the preparation alone. Each avatar
 is deleted between runs. The video is the bundled portrait (scaled to 700 px), moving, 1280x720 at 30 fps (mp4v).
@@ -78,7 +78,7 @@ def refuse(manager: Manager, path: Path) -> tuple[float, int, str, int]:
         while not stop.is_set():
             for child in root.children(recursive=True):
                 try:
-                    if "register" in child.cmdline():
+                    if "prepare" in child.cmdline():
                         peak[child.pid] = max(peak.get(child.pid, 0), peak_rss(child.pid))
                 except psutil.Error:
                     pass

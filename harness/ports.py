@@ -44,7 +44,7 @@ def free_port_block(width: int) -> int:
 def manager_ports(max_avatars: int) -> dict[str, str]:
     """AVATAR_MANAGER_PORT, AVATAR_BASE_PORT and every TTS_PORT_* for one manager, from one free
     block, so they cannot overlap one another (separate blocks could) nor another manager's."""
-    from ports_config import TTS_PORTS
+    from contracts.ports import TTS_PORTS
 
     base = free_port_block(1 + max_avatars + len(TTS_PORTS))
     tts_base = base + 1 + max_avatars

@@ -14,7 +14,6 @@ A LiveTalking MuseTalk folder (full_imgs/, coords.pkl, ...) loads too.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pickle
@@ -29,10 +28,13 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from contracts.avatars import (DEFAULT_CONFIG, FORMAT, NAME, AvatarError, avatar_dir, avatar_lock, is_livetalking,
+                               read_config)
+from contracts.bounds import DEFAULT as DEFAULT_BOUNDS
+from contracts.bounds import Bounds
+
 from . import intake
-from .bounds import DEFAULT as DEFAULT_BOUNDS
-from .bounds import Bounds, check_picture, memory_limit, video_pixels_refusal
-from .avatar_config import DEFAULT_CONFIG, FORMAT, NAME, AvatarError, avatar_dir, is_livetalking, read_config
+from .bounds import check_picture, memory_limit, video_pixels_refusal
 from .faces import MIN_SIDE, Box, detect_eyes, detect_faces
 from .quality import Quality, assess, find_faces
 
@@ -183,17 +185,6 @@ class Prepared:
     faces: dict               # frames with no face, one, several; the median face box
     quality: Quality
     seconds: float            # how long preparing took
-
-
-@contextlib.contextmanager
-def avatar_lock(data_dir: Path, name: str):
-    """Held while avatars/NAME is swapped; any process changing that folder should take it too.
-    The lock file stays: removing it would let a waiting process lock a file nobody else sees."""
-    folder = avatar_dir(data_dir, name).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases it
 
 
 def prepare(source: Path, name: str, data_dir: Path, *, max_seconds: float = 10.0, max_side: int = 720,

@@ -21,9 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from contracts.avatars import FORMAT, NAME, AvatarError, avatar_dir, read_config
+
 from . import intake
 from .animation import pingpong
-from .avatar_config import FORMAT, NAME, AvatarError, avatar_dir, read_config
 from .avatars import CLIPS, frame_files, install_folder, read_frames, write_frames
 
 IDLE_TYPES = ("idle", "0", "1")

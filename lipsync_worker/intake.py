@@ -27,8 +27,10 @@ import filetype
 import pillow_heif
 from PIL import Image, ImageOps
 
-from .avatar_config import AvatarError
-from .bounds import DEFAULT, Bounds, TooCostly, check_picture, megapixels, video_pixels_refusal
+from contracts.avatars import AvatarError
+from contracts.bounds import DEFAULT, Bounds
+
+from .bounds import TooCostly, check_picture, megapixels, video_pixels_refusal
 
 pillow_heif.register_heif_opener()
 

@@ -12,10 +12,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
 from contracts import auth
+from contracts.limits import MAX_JSON_BYTES
 from contracts.openapi import load
-
-from .limits import MAX_JSON_BYTES
-from .schemas import DIGITS
+from contracts.worker_api import DIGITS
 
 log = logging.getLogger("lipsync_worker.http")
 

@@ -6,11 +6,12 @@ from typing import Callable
 
 from aiohttp import web
 
+from contracts.worker_api import RecordSchema, SessionRequestSchema, SetAudiotypeSchema
+
 from .avatars import Avatar
 from .clips import IDLE_TYPES
 from .middleware import ClientError, checked, read_json
 from .recording import Conflict, Missing, Recorder
-from .schemas import RecordSchema, SessionRequestSchema, SetAudiotypeSchema
 from .session import Session
 
 

@@ -14,7 +14,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from .avatar_config import AvatarError
+from contracts.avatars import AvatarError
+
 from .faces import MIN_SIDE, Box, detect_eyes, detect_faces
 
 # Size, in stored frames (max_side 720 by default). Lipsync models redraw a 96-256 px face crop;

@@ -17,19 +17,20 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts import auth
+from contracts.limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES
 from contracts.openapi import aiohttp_document, error_responses, load
+from contracts.worker_api import (SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema,
+                                  SessionRequestSchema)
 from tts_services.audio import AudioTooLong, decode_file
 from tts_services.engines.base import AudioChunk
 
 from .avatars import Avatar
-from .limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES
 from .llm import ChatLLM
 from .media import Stage
 from .metrics import METRICS
 from .middleware import ClientError, access_log, checked, errors, read_form, read_json, require_token
 from .playback_routes import add_playback_routes
 from .recording import Recorder
-from .schemas import SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema, SessionRequestSchema
 from .session import CapacityError, Session, Sessions, chat_reply, sentence
 from .settings import WorkerSettings
 from .speech import SAMPLE_RATE, text_seconds

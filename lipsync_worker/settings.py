@@ -11,19 +11,19 @@ from pathlib import Path
 from aiortc import RTCIceServer
 
 from contracts.auth import token_from
+from contracts.avatars import data_dir
 from contracts.cors import allowed_origins
-from ports_config import WORKER_PORT
-from tts_services.settings import number
-
-from .ice import parse_ice_servers
-from .musetalk_model.weights import models_dir
+from contracts.ice import parse_ice_servers
+from contracts.musetalk_weights import models_dir
+from contracts.ports import WORKER_PORT
+from contracts.settings import number
 
 log = logging.getLogger("lipsync_worker")
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    avatar_id: str
+    avatar_name: str              # the avatar this worker serves (LiveTalking's --avatar_id)
     model: str
     max_session: int
     host: str
@@ -59,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", default="webrtc", choices=["webrtc"])
     p.add_argument("--model", default="puppet",
                    help="lip-sync engine: puppet (CPU, no weights; the default) or musetalk (weights in MODELS_DIR)")
-    p.add_argument("--avatar_id", required=True)
+    # LiveTalking's flag, and the manager's: it names the avatar (its folder), not an instance.
+    p.add_argument("--avatar_id", dest="avatar_name", required=True, help="the avatar's name: its folder "
+                   "$AVATAR_DATA_DIR/avatars/NAME/")
     p.add_argument("--max_session", type=int, default=8)
     p.add_argument("--listenport", type=int, default=WORKER_PORT)
     p.add_argument("--listenhost", default=os.environ.get("WORKER_HOST", "127.0.0.1"))
@@ -70,11 +72,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--instance_token", default=os.environ.get("INSTANCE_TOKEN"))
     return p
-
-
-def data_dir(env=os.environ) -> Path:
-    """Where avatars live: $AVATAR_DATA_DIR, ./data by default."""
-    return Path(env.get("AVATAR_DATA_DIR") or "data")
 
 
 def _ice_servers(raw: str) -> list[RTCIceServer]:
@@ -94,7 +91,7 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         log.info("no --instance_token given; using %s", token)
     env = os.environ
     return WorkerSettings(
-        avatar_id=args.avatar_id, model=args.model, max_session=args.max_session, host=args.listenhost,
+        avatar_name=args.avatar_name, model=args.model, max_session=args.max_session, host=args.listenhost,
         port=args.listenport, tts=args.tts, tts_server=args.TTS_SERVER, voice=args.REF_FILE,
         batch_size=args.batch_size, instance_token=token,
         data_dir=data_dir(env), models_dir=models_dir(env),

@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from contracts import prepare
+from contracts.avatars import avatar_lock
 from harness.processes import wait_for
 from lipsync_worker import avatars, faces, quality
 
@@ -203,7 +205,7 @@ def test_a_preparation_waits_for_the_lock_before_swapping_in(tmp_path):
     avatars.prepare(PORTRAIT, "astro", tmp_path)
     video = write_video(tmp_path / "clip.mp4", seconds=1.0)
     done = []
-    with avatars.avatar_lock(tmp_path, "astro"):
+    with avatar_lock(tmp_path, "astro"):
         worker = threading.Thread(target=lambda: done.append(avatars.prepare(video, "astro", tmp_path)))
         worker.start()
         wait_for(lambda: list((tmp_path / "avatars").glob(".astro.*/config.json")), 60,
@@ -256,6 +258,52 @@ def test_the_cli_exits_2_with_the_reason(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("prepare: notes.jpg is text/plain, not a photo or a video")
+
+
+def prepare_json(request: dict) -> subprocess.CompletedProcess:
+    """The manager's way to prepare: the request on stdin, the answer on stdout."""
+    return subprocess.run([sys.executable, *prepare.ARGV], input=json.dumps(request),
+                          cwd=ROOT, env={"PATH": ""}, capture_output=True, text=True, timeout=60)
+
+
+def test_the_managers_prepare_reads_its_request_on_stdin_and_answers_on_stdout(tmp_path):
+    # A name that would read as an option on a command line is only data here.
+    done = prepare_json({"source": str(PORTRAIT), "name": "-astro", "data_dir": str(tmp_path),
+                         "overrides": {"timbre": "FemaleA"}, "bounds": {"max_pixels": 1_000_000}})
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert sorted(answer) == sorted(prepare.RESULT)
+    assert (answer["source_type"], answer["frame_count"], answer["size"]) == ("image", 1, [512, 512])
+    assert (answer["timbre"], answer["engine"], answer["engines_ready"]) == ("FemaleA", "puppet", ["puppet"])
+    assert avatars.load(tmp_path, "-astro").config["timbre"] == "FemaleA"
+
+
+@pytest.mark.parametrize("case, status, detail", [
+    ("text", 415, {"detected": "text/plain"}),
+    ("blank", 422, {"reasons": ["no face found: use a clear, frontal, well-lit photo or video of one person"]}),
+    ("large", 413, {}),
+])
+def test_the_managers_prepare_refuses_with_a_status_and_writes_nothing(tmp_path, case, status, detail):
+    source = tmp_path / "upload"
+    if case == "text":
+        source.write_text("my avatar, please\n")
+    else:
+        cv2.imwrite(str(source.with_suffix(".png")), np.full((300, 300, 3), 128, np.uint8) if case == "blank"
+                    else portrait())
+        source.with_suffix(".png").rename(source)
+    done = prepare_json({"source": str(source), "name": "bad", "data_dir": str(tmp_path / "data"),
+                         "bounds": {"max_pixels": 100_000}})
+    assert done.returncode == prepare.REFUSED, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["status"] == status and answer["message"]
+    assert detail.items() <= answer.items(), answer
+    assert not (tmp_path / "data" / "avatars" / "bad").exists()
+
+
+def test_a_malformed_request_is_no_answer(tmp_path):
+    done = prepare_json({"source": str(PORTRAIT), "name": "x", "data_dir": str(tmp_path), "overrides": {"x": "1"}})
+    assert done.returncode == 1 and done.stdout == ""
+    assert "overrides may set" in done.stderr
 
 
 @pytest.mark.parametrize("name", ["../evil", "a b", "x;rm -rf", "", "a" * 65, "dots.."])

@@ -9,18 +9,50 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("cv2", "torch", "diffusers", "transformers", "aiortc")
+# The manager shares with the worker and the TTS server only the contracts package; it runs them
+# as commands, never imports them.
+COMPONENTS = ("lipsync_worker", "tts_services")
 
 
-def test_the_manager_never_loads_opencv_torch_or_webrtc():
+def test_the_manager_never_loads_opencv_torch_webrtc_or_the_components():
     """The API and the supervisor run on every host, GPU or not: every module of the manager is
-    imported in a fresh interpreter, and none of the heavy libraries may come with it."""
+    imported in a fresh interpreter, and none of the heavy libraries, nor any module of the worker
+    or the TTS server, may come with it."""
     code = ("import json, pkgutil, importlib, sys, avatar_manager\n"
             "for m in pkgutil.walk_packages(avatar_manager.__path__, 'avatar_manager.'):\n"
             "    importlib.import_module(m.name)\n"
-            f"print(json.dumps([h for h in {HEAVY!r} if h in sys.modules]))")
+            f"print(json.dumps([h for h in {HEAVY!r} if h in sys.modules]))\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {COMPONENTS!r})))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    heavy, components = map(json.loads, done.stdout.splitlines()[-2:])
+    assert heavy == []
+    assert components == []
+
+
+def _imports_of(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    """Every import statement of the package, lazy ones inside functions too, of a forbidden package."""
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0] in forbidden]
+    return found
+
+
+def test_no_manager_module_imports_the_worker_or_the_tts_server():
+    assert _imports_of("avatar_manager", COMPONENTS) == []
+
+
+def test_the_contracts_import_no_component_and_nothing_heavy():
+    """What the services share must load in any of them, the manager included."""
+    assert _imports_of("contracts", (*COMPONENTS, "avatar_manager", *HEAVY)) == []
 
 
 def _imports(package: str) -> dict[str, set[str]]:

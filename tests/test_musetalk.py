@@ -19,6 +19,7 @@ import torch
 from transformers import WhisperConfig, WhisperModel
 
 from conftest import ROOT, run
+from contracts.musetalk_weights import missing
 from harness.musetalk import TINY_WHISPER, save_random
 from harness.ports import free_port
 from harness.viewer import Viewer, mouth_motion
@@ -67,7 +68,7 @@ def test_missing_weights_are_named_with_the_command_that_fetches_them(tmp_path, 
     partial = tmp_path / "partial"
     shutil.copytree(tiny_models, partial)
     (partial / "musetalkV15" / "unet.pth").unlink()
-    assert weights.missing(partial) == ["musetalkV15/unet.pth"]
+    assert missing(partial) == ["musetalkV15/unet.pth"]
 
 
 def test_the_loader_refuses_weights_that_do_not_fit(tmp_path, tiny_models):

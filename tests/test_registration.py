@@ -7,14 +7,21 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pillow_heif
+import psutil
 import pytest
 import requests
 from PIL import Image
 
+from avatar_manager import registration
+from avatar_manager.registration_jobs import RegistrationJobs
+from avatar_manager.settings import Settings
+from avatar_manager.store.sqlite import SqliteStore
 from conftest import ROOT
 from harness.processes import wait_for
 
@@ -55,7 +62,7 @@ def register(m, name: str, data: bytes, filename: str = "photo.jpg", **fields) -
 
 def nothing_written(m, name: str) -> None:
     assert not (m.data_dir / "avatars" / name).exists()
-    # Only the name's lock file may stay (lipsync_worker.avatars.avatar_lock says why).
+    # Only the name's lock file may stay (contracts.avatars.avatar_lock says why).
     debris = [p for p in (m.data_dir / "avatars").glob(f".{name}*") if p.suffix != ".lock"]
     assert not debris
     uploads = m.data_dir / "uploads"
@@ -201,3 +208,65 @@ def test_operators_register_from_the_command_line(tmp_path):
     again = subprocess.run([sys.executable, "-m", "avatar_manager", "register", str(PORTRAIT), "--name", "cli"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+# --- the supervisor's side of a job, in this process: its child watched from the loop ---------------
+
+# A child that takes its time and ignores SIGTERM: killing it must not wait for it.
+STUBBORN = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
+
+
+@pytest.fixture
+def jobs_here(tmp_path, monkeypatch):
+    """(settings, store, jobs): RegistrationJobs on a SQLite store, its prepare child STUBBORN."""
+    settings = Settings.from_env({"AVATAR_DATA_DIR": str(tmp_path / "data"), "LOG_DIR": str(tmp_path / "logs"),
+                                  "REGISTER_TIMEOUT": "1", "REGISTER_WORKERS": "1", "STOP_TIMEOUT": "10"})
+    store = SqliteStore(settings.data_dir / "manager.sqlite3")
+    monkeypatch.setattr(registration, "prepare_argv", lambda: STUBBORN)
+    jobs = RegistrationJobs(settings, store, lambda: False, lambda: None)
+    yield settings, store, jobs
+    jobs.shutdown()
+    store.close()
+
+
+def queue(settings, store, name: str) -> dict:
+    return registration.submit(settings, store, name, {}, lambda path: path.write_bytes(PORTRAIT.read_bytes()))
+
+
+def released(settings, store, job: dict) -> bool:
+    """The job's upload is gone and its name unlocked."""
+    return not Path(job["upload"]).parent.exists() and store.get_doc("registering", job["avatar"]) is None
+
+
+def test_a_registration_past_its_time_is_killed_and_never_holds_the_loop(jobs_here):
+    settings, store, jobs = jobs_here
+    job = queue(settings, store, "slow")
+    jobs.tick(time.time())
+    (pid,) = jobs.pids()
+    slowest, deadline = 0.0, time.monotonic() + 30
+    while (current := store.get_doc("job", job["id"]))["state"] not in registration.ENDED:
+        assert time.monotonic() < deadline, current
+        began = time.monotonic()
+        jobs.tick(time.time())
+        slowest = max(slowest, time.monotonic() - began)
+        time.sleep(0.05)
+    assert current["error"] == {"status": 503, "message": "registration did not finish within REGISTER_TIMEOUT=1 s"}
+    assert slowest < 1.0  # never STOP_TIMEOUT (10 s) for a child that ignores SIGTERM
+    assert jobs.pids() == set() and not psutil.pid_exists(pid)  # killed and reaped
+    assert released(settings, store, job)
+    assert store.get_doc("registration_slot", str(job["slot"])) is None
+
+
+def test_a_shutdown_stops_the_running_job_and_leaves_the_queued_one(jobs_here):
+    settings, store, jobs = jobs_here
+    running, waiting = queue(settings, store, "first"), queue(settings, store, "second")
+    jobs.tick(time.time())
+    (pid,) = jobs.pids()
+    began = time.monotonic()
+    jobs.shutdown()
+    assert time.monotonic() - began < 5
+    assert not psutil.pid_exists(pid) and jobs.pids() == set()
+    stopped = store.get_doc("job", running["id"])
+    assert stopped["state"] == registration.JobState.FAILED and "shutting down" in stopped["error"]["message"]
+    assert released(settings, store, running)
+    assert store.get_doc("job", waiting["id"])["state"] == registration.JobState.QUEUED  # for the next leader

@@ -1,6 +1,6 @@
 import pytest
 
-from tts_services.models import canonical_model
+from contracts.tts_models import canonical_model
 from tts_services.persian import normalize_persian
 from tts_services.text import MAX_SENTENCE_CHARS, detect_lang, normalize, numbers_to_words, split_sentences
 

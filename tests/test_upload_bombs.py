@@ -12,10 +12,11 @@ import pytest
 import requests
 
 from conftest import ROOT
+from contracts.bounds import Bounds
 from harness import bombs
 from harness.processes import wait_for
 from lipsync_worker.avatars import read_frames
-from lipsync_worker.bounds import Bounds, TooCostly
+from lipsync_worker.bounds import TooCostly
 
 PORTRAIT = ROOT / "assets" / "astronaut.png"
 FAKE = {"WORKER_MODULE": "tests.fake_worker"}
@@ -43,7 +44,7 @@ def registering(m) -> list[psutil.Process]:
     found = []
     for p in m.tree():
         try:
-            if "register" in p.cmdline():
+            if "prepare" in p.cmdline():
                 found.append(p)
         except psutil.Error:
             pass

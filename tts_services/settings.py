@@ -6,25 +6,8 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from contracts.auth import token_from
-from ports_config import UPSTREAM_URLS
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message says which and how to fix it."""
-
-
-def number(env: dict, name: str, default: float, minimum: float, cast=float):
-    """A numeric setting from `env`; ConfigError names the variable when it is malformed."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return cast(default)
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+from contracts.ports import UPSTREAM_URLS
+from contracts.settings import ConfigError, number
 
 
 def _url(env: dict, name: str, default: str | None) -> str | None:

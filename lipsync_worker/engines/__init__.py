@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..avatar_config import ENGINES
+from contracts.engines import ENGINES
+from contracts.musetalk_weights import models_dir as default_models_dir
+
 from .base import FrameJob, LipSyncEngine
 
 
@@ -14,10 +16,9 @@ def create_engine(name: str, batch_size: int, models_dir: Path | None = None) ->
         from .puppet import PuppetEngine
         return PuppetEngine(batch_size)
     if name == "musetalk":
-        from ..musetalk_model.weights import models_dir as default_models_dir
         from .musetalk import MuseTalkEngine
         return MuseTalkEngine(batch_size, models_dir or default_models_dir())
     raise ValueError(f"engine {name!r} is not available; available: {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "FrameJob", "LipSyncEngine", "create_engine"]
+__all__ = ["FrameJob", "LipSyncEngine", "create_engine"]

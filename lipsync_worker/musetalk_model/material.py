@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from ..avatar_config import AvatarError
-from ..avatars import Avatar, avatar_lock, read_pickle
+from contracts.avatars import AvatarError, avatar_lock
+from contracts.musetalk_weights import VAE
+
+from ..avatars import Avatar, read_pickle
 from ..faces import Box
-from .weights import VAE
 
 log = logging.getLogger("lipsync_worker.musetalk")
 

@@ -17,7 +17,9 @@ import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import WhisperFeatureExtractor, WhisperModel
 
-from .weights import UNET, VAE, WHISPER, check
+from contracts.musetalk_weights import UNET, VAE, WHISPER
+
+from .weights import check
 
 
 class PositionalEncoding(torch.nn.Module):

@@ -6,8 +6,10 @@ from typing import AsyncIterator
 
 import aiohttp
 
+from contracts.settings import ConfigError
+
 from ..audio import PcmStream
-from ..settings import ConfigError, Settings
+from ..settings import Settings
 from .base import AudioChunk, Voice
 from .bridge import HttpBridge
 

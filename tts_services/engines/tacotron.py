@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
+from contracts.settings import ConfigError
+
 from ..audio import WavStream
-from ..settings import ConfigError, Settings
+from ..settings import Settings
 from ..text import split_sentences
 from .base import AudioChunk, Voice
 from .bridge import HttpBridge

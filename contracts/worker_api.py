@@ -5,7 +5,7 @@ import re
 
 from marshmallow import RAISE, fields, validate
 
-from contracts.openapi import Body
+from .openapi import Body
 
 DIGITS = re.compile(r"[0-9]{1,18}")
 LARGEST = 10 ** 18 - 1
