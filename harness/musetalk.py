@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-from lipsync_worker.musetalk_model.weights import UNET, VAE, WHISPER
+from contracts.musetalk_weights import UNET, VAE, WHISPER
 
 # musetalkV15/musetalk.json as MuseTalk publishes it (the UNet of Stable Diffusion 1.x with 8 input
 # channels, masked + reference latents, and whisper-tiny's 384-wide features to attend to).

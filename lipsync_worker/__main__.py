@@ -98,7 +98,7 @@ def prepare_clip(argv: list[str]) -> int:
 def serve(argv: list[str]) -> int:
     from aiohttp import web
 
-    from . import avatars
+    from . import avatars, fence
     from .animation import IdleAnimation
     from .engines import create_engine
     from .llm import ChatLLM
@@ -115,6 +115,7 @@ def serve(argv: list[str]) -> int:
     except (ValueError, AvatarError, weights.MissingWeights) as exc:
         print(f"lipsync_worker: {exc}", file=sys.stderr)
         return 2
+    fence.from_env()  # on a fleet of several hosts: end when the host agent stops renewing its lease
     llm = (ChatLLM(settings.llm_url, settings.llm_model, settings.llm_api_key, settings.llm_system_prompt)
            if settings.llm_url else None)
     stage = Stage(IdleAnimation(avatar), engine)

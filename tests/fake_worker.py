@@ -34,6 +34,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from lipsync_worker import fence
+
 
 class BlackHole:
     """A loopback UDP port that reads every datagram and answers none."""
@@ -132,7 +134,8 @@ def main() -> None:
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.listenport), Handler)
+    fence.from_env()  # the worker's own fencing, as the real one does it
+    server = ThreadingHTTPServer((os.environ.get("WORKER_HOST", "127.0.0.1"), args.listenport), Handler)
     print(f"fake worker: {args.avatar_id} on port {args.listenport}", file=sys.stderr, flush=True)
     server.serve_forever()
 
