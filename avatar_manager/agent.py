@@ -153,10 +153,12 @@ class HostAgent:
         return True
 
     def _offer(self) -> hosts.Host:
-        settings, found = self.settings, gpus.read_gpus(self.settings.gpu_ids)
+        settings, measured_at = self.settings, time.time()
+        found = gpus.read_gpus(settings.gpu_ids)
         return hosts.Host(id=settings.host_id, address=settings.host_address, public_host=settings.public_host,
                           max_instances=settings.max_avatars, ports=ports.free_ports(settings.ports),
-                          gpus=[(g.index, g.free_mb) for g in found], gpu_detail=[g.to_api(0, 0) for g in found],
+                          gpus=[(g.index, g.free_mb) for g in found], measured_at=measured_at,
+                          gpu_detail=[g.to_api(0, 0) for g in found],
                           gpu_error=gpus.unavailable_reason() if not found else None)
 
     def _fence_if_cut_off(self) -> None:

@@ -73,8 +73,8 @@ class Fleet:
         """The live hosts and what each offers: as it last published (within a second), except
         this very host (an API beside its agent), whose free ports and GPUs are read now."""
         live = hosts.live_hosts(self.store)
-        here = self.settings.host_id
-        return [replace(h, ports=ports.free_ports(self.settings.ports),
+        here, measured_at = self.settings.host_id, time.time()
+        return [replace(h, ports=ports.free_ports(self.settings.ports), measured_at=measured_at,
                         gpus=[(g.index, g.free_mb) for g in read_gpus(self.settings.gpu_ids)])
                 if h.id == here else h for h in live]
 

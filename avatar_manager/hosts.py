@@ -26,6 +26,7 @@ class Host:
     max_instances: int           # its MAX_AVATARS
     ports: list[int]             # its worker ports that were free when it last looked
     gpus: list[tuple[int, int]]  # (index, free MB), in its GPU_IDS order; empty: CPU only
+    measured_at: float = 0.0     # when `gpus` was read, on the host's own clock
     expires: float = 0.0         # on the store's clock
     gpu_detail: list[dict] = field(default_factory=list)  # what /status shows of each GPU
     gpu_error: str | None = None  # why it lists no GPU, if it does not

@@ -59,7 +59,7 @@ class Instance:
     state: State
     port: int
     gpu: int                  # -1: CPU
-    reserved_mb: int          # GPU memory counted as taken while STARTING
+    reserved_mb: int          # GPU memory it needs, counted as taken until its host measures it (placement)
     token: str                # the worker's /health must answer with it
     connections: int
     created: float            # wall-clock seconds

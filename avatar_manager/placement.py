@@ -102,7 +102,9 @@ def _choose(claim: Claim, others: list[Instance]) -> tuple[_Room, int, int]:
             continue
         reserved: dict[int, int] = {}
         for r in held:
-            if r.state == State.STARTING:
+            # Its memory shows in the host's figures once measured after it came up; until then
+            # what it reserved counts (both times on the host's own clock).
+            if r.state == State.STARTING or (r.state == State.RUNNING and r.ready_at > host.measured_at):
                 reserved[r.gpu] = reserved.get(r.gpu, 0) + r.reserved_mb
         rooms.append(_Room(host, port, len(held), reserved))
     if not rooms:

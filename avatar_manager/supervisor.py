@@ -206,8 +206,7 @@ class Supervisor:
             self.finish(child, instance, f"the worker did not answer /health within STARTUP_TIMEOUT="
                                          f"{self.settings.startup_timeout:g} s; its log ({path}) ends:\n"
                                          f"{procs.log_tail(path)}", now)
-        elif self.store.transition(instance.avatar, {State.STARTING}, State.RUNNING, ready_at=now, reserved_mb=0,
-                                   error=""):
+        elif self.store.transition(instance.avatar, {State.STARTING}, State.RUNNING, ready_at=now, error=""):
             # Idle from now on if nobody is connected and it was not idle already (a restart keeps
             # its idle clock); a compare-and-set, as somebody may join right now.
             self.store.transition(instance.avatar, {State.RUNNING}, State.RUNNING,

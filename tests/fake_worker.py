@@ -9,6 +9,7 @@ misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
   wrong_token      answer /health with another token
   ignore_term      ignore SIGTERM
   fork:N           start N grandchildren that sleep
+  gpu_mb:MB        take MB of memory on its GPU in the fake NVML (tests/fake_nvml) while it lives
   slow:S           wait S seconds before listening
   unreachable      answer /offer with a real SDP answer whose every candidate is a loopback UDP
                    port that reads and never answers: what a browser sees when the network
@@ -98,6 +99,10 @@ def main() -> None:
                         for _ in range(int(value))]
         if name == "slow":
             time.sleep(float(value))
+        if name == "gpu_mb":
+            folder = Path(os.environ["FAKE_NVML"] + ".used")
+            folder.mkdir(exist_ok=True)
+            (folder / str(os.getpid())).write_text(f"{os.environ['CUDA_VISIBLE_DEVICES']} {value}")
         if name == "crash_after":
             threading.Timer(float(value), lambda: os._exit(4)).start()
         if name == "freeze_after":

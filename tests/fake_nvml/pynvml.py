@@ -20,6 +20,11 @@ The world it reports comes from the environment variable FAKE_NVML, read on ever
   A GPU entry may also carry its own "error": "memory" | "name" | "handle".
   A GPU entry may give "temperature_c", "utilization_percent", "power_w" and "power_limit_w";
   a reading it leaves out raises NVMLError_NotSupported, as on GPUs without that sensor.
+
+Processes that use memory: with a world in a file, each file in the folder FILE.used/ named by a
+live process's pid and holding "INDEX MB" adds MB to that GPU's used memory (and takes it from
+its free memory) for as long as that process lives: tests/fake_worker.py writes one for its
+"gpu_mb:MB" fault, as a real worker's CUDA context would take memory.
 """
 from __future__ import annotations
 
@@ -120,6 +125,23 @@ def _gpus() -> list[dict]:
     return list(_world().get("gpus", []))
 
 
+def _taken_mb(index: int) -> int:
+    """What live processes took on GPU `index` (the FILE.used/ folder), in MB."""
+    raw = os.environ.get("FAKE_NVML", "").strip()
+    folder = f"{raw}.used"
+    if raw.startswith("{") or not os.path.isdir(folder):
+        return 0
+    taken = 0
+    for name in os.listdir(folder):
+        try:
+            os.kill(int(name), 0)
+            gpu, mb = open(os.path.join(folder, name)).read().split()
+        except (ValueError, OSError):
+            continue  # gone, or not written yet
+        taken += int(mb) if int(gpu) == index else 0
+    return taken
+
+
 def _check_init() -> None:
     if not _initialised:
         raise NVMLError(NVML_ERROR_UNINITIALIZED)
@@ -174,7 +196,8 @@ def nvmlDeviceGetMemoryInfo(handle: _Handle, version=None) -> c_nvmlMemory_t:
     total_mb = int(gpu.get("total_mb", 81920))
     free_mb = int(gpu.get("free_mb", total_mb))
     used_mb = int(gpu.get("used_mb", total_mb - free_mb))
-    return c_nvmlMemory_t(total=total_mb * _MB, free=free_mb * _MB, used=used_mb * _MB)
+    taken = _taken_mb(handle.index)
+    return c_nvmlMemory_t(total=total_mb * _MB, free=(free_mb - taken) * _MB, used=(used_mb + taken) * _MB)
 
 
 def nvmlDeviceGetName(handle: _Handle) -> str:
