@@ -60,6 +60,7 @@ class HostAgent:
         self.next_publish = 0.0
         self.next_place_lost = 0.0
         self.next_forget = 0.0
+        self.ready_told = False
         self.steps = Steps(max(4, settings.max_avatars), self.wakeup.set)
         self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir,
                               settings.startup_timeout, settings.stop_timeout, settings.api_token, self.steps,
@@ -122,8 +123,11 @@ class HostAgent:
             log.info("host agent of %s supervises it; adopting live workers", self.settings.host_id)
             self.tts.adopt()
             self.supervisor.adopt(now)
-        if self.api is not None:
-            self.api.tell_ready()
+        if not self.ready_told and (self.api is None or self.api.answers()):
+            systemd.notify("READY=1")  # systemd's Type=notify: the service is up
+            self.ready_told = True
+            log.info("ready: host %s supervised%s", self.settings.host_id,
+                     f"; the API and the web console at {self.settings.api_url}/" if self.api else "")
         self.tts.tick(now)
         self.supervisor.tick(now)
         if self.fleet_lease.hold():

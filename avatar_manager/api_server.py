@@ -1,12 +1,12 @@
-"""The API process (gunicorn) as the host agent's child: kept running, and systemd told that the
-service is ready once it answers."""
+"""The API process (gunicorn) as the host agent's child (the `all` role): kept running, restarted
+when it dies."""
 from __future__ import annotations
 
 import logging
 import subprocess
 import time
 
-from . import procs, systemd
+from . import procs
 from .logs import pump
 
 log = logging.getLogger("avatar_manager.api_server")
@@ -19,7 +19,6 @@ class ApiServer:
         self.url = url
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
-        self.ready_told = False
 
     def keep_running(self) -> None:
         """Start it, or start it again after it died; SystemExit when it dies at once (a port in
@@ -36,12 +35,8 @@ class ApiServer:
         pump(self.proc.stdout, "api")
         self.started = time.monotonic()
 
-    def tell_ready(self) -> None:
-        """READY=1 to systemd, once, when the API answers (called while we lead)."""
-        if not self.ready_told and procs.get_json(self.url + "/health", timeout=0.5) is not None:
-            systemd.notify("READY=1")
-            self.ready_told = True
-            log.info("ready: the API and the web console at %s/", self.url)
+    def answers(self) -> bool:
+        return procs.get_json(self.url + "/health", timeout=0.5) is not None
 
     def pids(self) -> set[int]:
         return {self.proc.pid} if self.proc is not None else set()

@@ -8,6 +8,7 @@ root) and iproute2. Everything made here is removed by close().
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +51,16 @@ class Host:
         return proc
 
 
+def _free_subnet() -> int:
+    """A third octet n such that no interface here has an address in 198.18.n.0/24."""
+    shown = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=10, check=True).stdout
+    used = {int(m) for m in re.findall(rf"{SUBNET_BASE.replace('.', '[.]')}[.](\d+)[.]", shown)}
+    return next(n for n in range(20, 255) if n not in used)
+
+
 class Network:
-    def __init__(self, subnet: int) -> None:
-        """subnet: the third octet of 198.18.<subnet>.0/24, one per network that exists at once."""
-        self.subnet = subnet
+    def __init__(self) -> None:
+        subnet = self.subnet = _free_subnet()
         self.tag = f"af{os.getpid() % 10000}s{subnet}"
         self.bridge = f"{self.tag}br"
         self.gateway = f"{SUBNET_BASE}.{subnet}.1"
