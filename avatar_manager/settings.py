@@ -16,7 +16,7 @@ from contracts.cors import allowed_origins
 from contracts.ice import parse_ice_servers
 from contracts.limits import MAX_JSON_BYTES
 from contracts.ports import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
-from contracts.settings import ConfigError, number
+from contracts.settings import ConfigError, number, port_range
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -167,6 +167,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
+        # Only the workers use WEBRTC_PORT_RANGE (they inherit our environment); checked here so
+        # that a typo stops the service at start rather than each worker it spawns.
+        port_range(env, "WEBRTC_PORT_RANGE")
         settings = cls(
             data_dir=data_dir(env).resolve(),
             host=env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST,

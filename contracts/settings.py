@@ -2,6 +2,8 @@
 at start with a one-line reason that names the variable."""
 from __future__ import annotations
 
+import re
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message says which and how to fix it."""
@@ -19,3 +21,15 @@ def number(env: dict, name: str, default: float, minimum: float, cast=float):
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def port_range(env: dict, name: str) -> range | None:
+    """A range of ports "LOW-HIGH" (both included, within 1024-65535) from `env`; None when unset
+    or empty. ConfigError names the variable when it is malformed."""
+    raw = env.get(name) or ""
+    if not raw.strip():
+        return None
+    bounds = re.fullmatch(r"(\d+)-(\d+)", raw.strip(), re.ASCII)
+    if bounds is None or not 1024 <= int(bounds[1]) <= int(bounds[2]) <= 65535:
+        raise ConfigError(f"{name}={raw!r} must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, e.g. 40000-40099")
+    return range(int(bounds[1]), int(bounds[2]) + 1)

@@ -34,6 +34,7 @@ from .recording import Recorder
 from .session import CapacityError, Session, Sessions, chat_reply, sentence
 from .settings import WorkerSettings
 from .speech import SAMPLE_RATE, text_seconds
+from .udp_ports import bind_in_range
 
 log = logging.getLogger("lipsync_worker")
 
@@ -428,6 +429,16 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
     # /set_audiotype and /record (playback_routes.py)
     add_playback_routes(app, avatar, Recorder(settings.record_max_seconds, settings.record_max_bytes,
                                               settings.record_retention_seconds), find)
+    if settings.webrtc_ports:
+        async def restrict_udp_ports(app: web.Application) -> None:
+            bind_in_range(settings.webrtc_ports)
+            # A session takes one port on each local address (aiortc bundles audio and video),
+            # so a range narrower than max_session runs out first.
+            if len(settings.webrtc_ports) < settings.max_session:
+                log.warning("WEBRTC_PORT_RANGE has %d ports, fewer than --max_session %d: sessions past "
+                            "that many will find no free port and fail to connect",
+                            len(settings.webrtc_ports), settings.max_session)
+        app.on_startup.append(restrict_udp_ports)
     app.on_startup.append(start_clock)
     app.on_shutdown.append(shutdown)
     enable_cors(app, settings.cors_origins)  # last: it covers the routes added so far

@@ -16,7 +16,7 @@ from contracts.cors import allowed_origins
 from contracts.ice import parse_ice_servers
 from contracts.musetalk_weights import models_dir
 from contracts.ports import WORKER_PORT
-from contracts.settings import number
+from contracts.settings import number, port_range
 
 log = logging.getLogger("lipsync_worker")
 
@@ -36,6 +36,7 @@ class WorkerSettings:
     data_dir: Path
     models_dir: Path
     ice_servers: list[RTCIceServer]
+    webrtc_ports: range | None    # WEBRTC_PORT_RANGE: the UDP ports of our ICE host candidates; None: any
     connect_timeout: float        # a peer still not connected after this is dropped
     max_connecting_per_client: int    # offers from one address not connected yet; one more gets 429
     max_text_chars: int
@@ -96,6 +97,7 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         batch_size=args.batch_size, instance_token=token,
         data_dir=data_dir(env), models_dir=models_dir(env),
         ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
+        webrtc_ports=port_range(env, "WEBRTC_PORT_RANGE"),
         connect_timeout=number(env, "WEBRTC_CONNECT_TIMEOUT", 30.0, 1.0),
         max_connecting_per_client=number(env, "MAX_CONNECTING_PER_CLIENT", 4, 1, int),
         max_text_chars=number(env, "MAX_TEXT_CHARS", 2000, 1, int),
