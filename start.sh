@@ -24,9 +24,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# What the tests need from Debian: a real browser and its driver for the web page tests, and a
-# real Redis for the store tests.
-TEST_DEBIAN_PACKAGES=(chromium chromium-driver redis-server)
+# What the tests need from Debian: a real browser and its driver for the web page tests, a real
+# Redis (and its Sentinel) for the store tests, and iproute2 for the hosts of the multi-host tests
+# (network namespaces).
+TEST_DEBIAN_PACKAGES=(chromium chromium-driver redis-server iproute2)
 
 install() {
   if [ ! -x "$VENV/bin/python" ]; then

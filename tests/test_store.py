@@ -399,3 +399,80 @@ def test_a_store_written_before_a_field_existed_reads_it_as_its_default(tmp_path
     assert store._redis.hdel(f"{prefix}inst:alice", "restarts") == 1
     assert store.get("alice").restarts == 0
     store.close()
+
+
+def hosts(*specs: tuple[str, int, list[tuple[int, int]]]) -> list[Host]:
+    return [Host(id=name, address=f"198.18.0.{n}", public_host=f"h{n}.example.test", max_instances=most,
+                 ports=[9000, 9001, 9002], gpus=list(gpus)) for n, (name, most, gpus) in enumerate(specs, 2)]
+
+
+def on(avatar: str, fleet: list[Host], gpu_required: bool = False, min_free_mb: int = 6000) -> Claim:
+    return Claim(avatar=avatar, instance_id=avatar, token=f"token_{avatar}", now=NOW, hosts=fleet,
+                 min_free_mb=min_free_mb, gpu_required=gpu_required)
+
+
+def test_cpu_instances_spread_over_hosts_each_with_its_own_ports(store):
+    fleet = hosts(("a", 3, []), ("b", 3, []), ("c", 3, []))
+    placed = [store.claim(on(f"x{n}", fleet))[0] for n in range(6)]
+    assert [p.host for p in placed] == ["a", "b", "c", "a", "b", "c"]
+    # One port number serves on every host; on one host never twice.
+    assert [p.port for p in placed] == [9000, 9000, 9000, 9001, 9001, 9001]
+    assert (placed[1].address, placed[1].public_host) == ("198.18.0.3", "h3.example.test")
+
+
+def test_a_gpu_engine_goes_to_the_most_free_gpu_of_any_host_less_reservations(store):
+    fleet = hosts(("a", 3, [(0, 9000)]), ("b", 3, [(0, 20000), (1, 7000)]))
+    first = store.claim(on("m1", fleet, gpu_required=True))[0]
+    assert (first.host, first.gpu, first.reserved_mb) == ("b", 0, 6000)
+    second = store.claim(on("m2", fleet, gpu_required=True))[0]  # b/0 has 14000 less 6000 reserved
+    assert (second.host, second.gpu) == ("b", 0)
+    third = store.claim(on("m3", fleet, gpu_required=True))[0]   # a/0 9000 against b/0 8000
+    assert (third.host, third.gpu) == ("a", 0)
+    with pytest.raises(CapacityError, match=re.escape("(free: a GPU 0 3000 MB, b GPU 0 8000 MB, b GPU 1 7000 MB)")):
+        store.claim(on("m4", fleet, gpu_required=True, min_free_mb=9000))
+
+
+def test_full_on_every_host(store):
+    fleet = hosts(("a", 1, []), ("b", 1, []))
+    store.claim(on("x", fleet))
+    store.claim(on("y", fleet))
+    with pytest.raises(CapacityError, match=re.escape("every host is full (MAX_AVATARS: a 1, b 1)")):
+        store.claim(on("z", fleet))
+
+
+def test_a_lost_instance_is_placed_on_another_host_with_its_users(store):
+    fleet = hosts(("a", 2, []), ("b", 2, []))
+    lost, _ = store.claim(on("x", fleet))
+    store.join("x", NOW + 1)
+    store.transition("x", {State.STARTING}, State.RUNNING, pid=77, ready_at=NOW + 2)
+    assert store.transition("x", {State.RUNNING}, State.LOST, pid=0, error="its host a stopped renewing")
+    placed = store.place_lost("x", lost.token, [h for h in fleet if h.id != lost.host], 6000)
+    assert (placed.state, placed.host, placed.connections, placed.token, placed.restarts) == (
+        State.STARTING, "b", 2, lost.token, 1)
+    assert store.get("x") == placed
+    assert store.place_lost("x", lost.token, fleet, 6000) is None  # not LOST any more
+
+
+def test_a_lost_instance_with_no_room_elsewhere_fails_and_frees_its_port(store):
+    fleet = hosts(("a", 1, []), ("b", 1, []))
+    x, _ = store.claim(on("x", fleet))
+    store.claim(on("y", fleet))
+    store.transition("x", {State.STARTING}, State.LOST, error="its host a stopped renewing")
+    failed = store.place_lost("x", x.token, [h for h in fleet if h.id != x.host], 6000)
+    assert (failed.state, failed.port) == (State.FAILED, 0)
+    assert "no other host can run it" in failed.error and "its host a stopped renewing" in failed.error
+
+
+def test_a_running_instance_reserves_its_gpu_memory_until_its_host_measures_it(store):
+    gpu = [(0, 14000)]
+    before = Host(id="a", address="198.18.0.2", public_host="a", max_instances=3, ports=[9000, 9001, 9002],
+                  gpus=gpu, measured_at=NOW)
+    store.claim(on("m1", [before], gpu_required=True))
+    store.transition("m1", {State.STARTING}, State.RUNNING, ready_at=NOW + 1)
+    # The host's figures predate m1: its 6000 MB still count, so a second fits and a third not.
+    store.claim(on("m2", [before], gpu_required=True))
+    with pytest.raises(CapacityError, match="no GPU has"):
+        store.claim(on("m3", [before], gpu_required=True))
+    # Measured after m1 came up (and m1's memory shows in the figures): no double count.
+    after = Host(**{**before.__dict__, "gpus": [(0, 8000)], "measured_at": NOW + 2})
+    assert store.claim(on("m3", [after], gpu_required=True, min_free_mb=2000))[0].gpu == 0
