@@ -8,7 +8,6 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from contracts.avatars import data_dir
 from contracts.bounds import DEFAULT as DEFAULT_BOUNDS
@@ -44,9 +43,11 @@ def _gpu_ids(raw: str) -> list[int] | None:
 def _redis_url(raw: str) -> str | None:
     if not raw:
         return None
-    if urlparse(raw).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (its scheme is "
-                          f"{urlparse(raw).scheme!r})")
+    from .store.redis_client import check  # here: the store package imports this module
+    try:
+        check(raw)
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL {exc}") from None
     return raw
 
 

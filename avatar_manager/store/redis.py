@@ -14,14 +14,12 @@ import math
 import time
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..instances import Instance, State, record_value
 from .base import CAS_TRIES, Store, StoreError
+from .redis_client import connect, redacted
 
 _TIMEOUT = 5.0  # seconds, for connecting and for every reply
 
@@ -96,14 +94,6 @@ return 1
 """
 
 
-def redacted(url: str) -> str:
-    """The URL for messages: without its password or query (which may hold one)."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}")
-    return urlunsplit(parts._replace(query=""))
-
-
 def _instance(flat: list[str]) -> Instance:
     return Instance.from_record(dict(zip(flat[::2], flat[1::2])))
 
@@ -114,11 +104,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self._counts = prefix + "counts"
         with self._errors():
-            # No retries: a script re-sent after a timeout may already have run (a claim would
-            # count its connection twice). The pool reconnects stale connections by itself.
-            self._redis = redis.Redis.from_url(
-                url, decode_responses=True, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT,
-                retry=Retry(NoBackoff(), 0))
+            self._redis = connect(url, _TIMEOUT)  # on Sentinel, writes wait for a replica (redis_client)
         self._avatars = prefix + "avatars"
         script = self._redis.register_script
         self._list, self._cas, self._remove = script(_LIB + _LIST), script(_LIB + _UPDATE), script(_LIB + _REMOVE)
