@@ -15,10 +15,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 from werkzeug.wsgi import LimitedStream
 
+from contracts.avatars import AvatarError, avatar_dir
 from contracts.cors import ANY as ANY_ORIGIN
 from contracts.openapi import flask_document, load
 
-from . import __version__, hosts, metrics, registration, relay_routes, schemas, tts
+from . import __version__, avatar_sync, hosts, metrics, registration, relay_routes, schemas, tts
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
 from .lease import FLEET
@@ -553,6 +554,42 @@ def create_app(settings: Settings | None = None) -> Flask:
         if path is None:
             raise NotFound(f"no avatar {name!r}")
         return send_file(path, max_age=60)
+
+    @app.get("/avatar/<name>/folder")
+    def folder(name: str):
+        """A registered avatar's prepared folder, for a host that does not hold it (avatar_sync):
+        served from this API's AVATAR_DATA_DIR, where registered avatars live.
+        ---
+        get:
+          summary: "A registered avatar's folder, as a tar"
+          parameters:
+            - {in: path, name: name, required: true, schema: {type: string, pattern: '^[A-Za-z0-9_-]{1,64}$'}}
+          responses:
+            200:
+              description: "an uncompressed tar of the folder: its files and folders, paths relative to it. Check it against the digest before using it"
+              headers:
+                X-Avatar-Digest: {description: "the digest the registry keeps for the avatar (sha256:HEX over its paths and contents)", schema: {type: string}}
+              content: {application/x-tar: {schema: {type: string, format: binary}}}
+            400: {$ref: '#/components/responses/BadRequest'}
+            401: {$ref: '#/components/responses/Unauthorized'}
+            404: {$ref: '#/components/responses/NotFound'}
+            503: {$ref: '#/components/responses/Unavailable'}
+        """
+        valid_name(name)
+        digest = (store.get_doc("avatar", name) or {}).get("digest")
+        if not digest:  # a folder put in place by hand is not distributed
+            raise NotFound(f"no registered avatar {name!r} (avatars registered before digests: register them again)")
+        path = avatar_dir(settings.data_dir, name)
+        try:
+            length, pieces = avatar_sync.folder_tar(path)
+        except FileNotFoundError:
+            raise Unavailable(f"avatar {name!r} is registered, but its folder is not in this API's AVATAR_DATA_DIR "
+                              f"({settings.data_dir}): the API serves registered avatars from there") from None
+        except (AvatarError, OSError) as exc:
+            raise Unavailable(f"avatar {name!r}: its folder cannot be read here: {exc}") from None
+        return Response(pieces, mimetype=avatar_sync.TAR_TYPE, headers={
+            "Content-Length": str(length), avatar_sync.DIGEST_HEADER: digest, "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="{name}.tar"'})
 
     @app.delete("/avatar/<avatar:name>")
     def delete(name: str):

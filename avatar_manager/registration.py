@@ -7,7 +7,9 @@ quality checks, an atomic rename into place, MuseTalk's latents) runs as a child
 what the record needs, so OpenCV and the decoders never load in the manager. Both paths run that
 child: `python -m avatar_manager register PATH --name NAME` waits for it (register); the API
 saves an upload and queues a job (one of REGISTER_WORKERS + REGISTER_QUEUE slots, else a 429),
-which the supervisor runs (registration_jobs) and which records the outcome.
+which the supervisor runs (registration_jobs) and which records the outcome. The record carries
+the digest of the folder as installed (seal_folder): hosts that do not hold the folder download it
+from the API and check it against that (avatar_sync).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Callable
 from contracts import musetalk_weights as weights
 from contracts import prepare
 from contracts.avatars import (DEFAULT_CONFIG, AvatarError, avatar_dir, avatar_lock, check_name, is_livetalking,
-                               read_config)
+                               read_config, seal)
 from contracts.bounds import Bounds
 from contracts.engines import ENGINES
 
@@ -142,10 +144,22 @@ def outcome(code: int | None, output: str) -> dict | None:
     return None
 
 
-def make_record(name: str, meta: dict, result: dict) -> dict:
-    """The registry record of an avatar the prepare child made (`result`: its answer)."""
+def make_record(name: str, meta: dict, result: dict, digest: str) -> dict:
+    """The registry record of an avatar the prepare child made (`result`: its answer; `digest`:
+    its folder's, from seal_folder)."""
     return {"name": name, "owner": meta.get("owner") or "", "description": meta.get("description") or "",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result, "digest": digest}
+
+
+def seal_folder(settings: Settings, name: str) -> str:
+    """The digest of the folder the prepare child installed, also kept in it (contracts.avatars.seal):
+    the record carries it, and hosts that download the avatar check what arrives against it
+    (avatar_sync). RegistrationError 500 when the folder cannot be read."""
+    try:
+        with avatar_lock(settings.data_dir, name):  # not while a clip or MuseTalk's latents go into it
+            return seal(avatar_dir(settings.data_dir, name))
+    except (OSError, AvatarError) as exc:
+        raise RegistrationError(500, f"registration failed: the prepared folder cannot be read: {exc}") from None
 
 
 def register(settings: Settings, store: Store, source: Path, name: str, meta: dict) -> dict:
@@ -165,7 +179,7 @@ def register(settings: Settings, store: Store, source: Path, name: str, meta: di
     result = outcome(done.returncode, done.stdout[:MAX_ANSWER_BYTES])
     if result is None:
         raise RegistrationError(500, f"registration failed: the prepare child {procs.how_it_ended(done)}")
-    record = make_record(name, meta, result)
+    record = make_record(name, meta, result, seal_folder(settings, name))
     store.put_doc("avatar", name, record)
     return record
 

@@ -158,7 +158,8 @@ class RegistrationJobs:
             return self._end(job, error=run.stopped or {
                 "status": 500, "message": f"registration failed: the child {procs.how_it_ended(run.proc)}: "
                                           f"{procs.log_tail(run.log, 5)}"})
-        record = registration.make_record(job["avatar"], job["meta"], result)
+        record = registration.make_record(job["avatar"], job["meta"], result,
+                                          registration.seal_folder(self.settings, job["avatar"]))
         self.store.put_doc("avatar", job["avatar"], record)
         self._end(job, record=record)
 

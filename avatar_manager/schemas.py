@@ -296,6 +296,8 @@ class AvatarRecordSchema(Schema):
     timbre = fields.String()
     preview_url = fields.String(required=True)
     registered = fields.Boolean(metadata={"description": "false: a folder put in place by hand"})
+    digest = fields.String(metadata={"description": "of the prepared folder (sha256:HEX), which hosts that download "
+                                                    "it check; none for a folder put in place by hand"})
 
 
 class AvatarReplySchema(_Envelope):

@@ -106,6 +106,24 @@ def _host_address(raw: str) -> str:
     return str(address)
 
 
+def _fleet_api_url(raw: str) -> str | None:
+    """FLEET_API_URL: the API as this host's agent reaches it, to download the registered avatars
+    it does not hold (avatar_sync); unset: none are downloaded (one host, or a shared data dir)."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = urlparse(raw)
+    try:
+        port_ok = parts.port != 0  # urllib raises ValueError for a port that is not 0-65535
+    except ValueError:
+        port_ok = False
+    if (parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query
+            or parts.fragment or "@" in parts.netloc):
+        raise ConfigError(f"FLEET_API_URL={raw!r} must be http:// or https://, a host, maybe a port and a path, "
+                          "without credentials, query or fragment (e.g. http://avatar-api:8607)")
+    return raw.rstrip("/")
+
+
 def _cors_origins(env: dict) -> list[str]:
     try:
         return allowed_origins(env.get("CORS_ORIGINS"), token_set=bool(env.get("API_TOKEN")))
@@ -150,6 +168,7 @@ class Settings:
     ice_servers: list[dict]      # ICE_SERVERS, for the web console (workers read the same variable)
     chat: bool                   # LLM_URL is set, so workers (who inherit it) answer type "chat"
     connect_timeout: float       # WEBRTC_CONNECT_TIMEOUT: a worker drops a peer not connected by then
+    fleet_api_url: str | None    # FLEET_API_URL: where this host downloads registered avatars from
 
     @property
     def ports(self) -> range:
@@ -210,6 +229,7 @@ class Settings:
             ice_servers=_ice_servers(env.get("ICE_SERVERS", "")),
             chat=bool(env.get("LLM_URL")),
             connect_timeout=number(env, "WEBRTC_CONNECT_TIMEOUT", 30.0, 1.0),
+            fleet_api_url=_fleet_api_url(env.get("FLEET_API_URL", "")),
         )
         if settings.base_port + settings.max_avatars - 1 > 65535:
             raise ConfigError(f"AVATAR_BASE_PORT={settings.base_port} + MAX_AVATARS={settings.max_avatars} "

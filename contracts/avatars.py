@@ -1,17 +1,23 @@
-"""An avatar folder's name rules, its config.json and its lock, without loading any pictures: the
-worker prepares and loads avatars, the manager reads their configs for every start and deletes
-them, and it must not pay for OpenCV."""
+"""An avatar folder's name rules, its config.json, its lock and its digest, without loading any
+pictures: the worker prepares and loads avatars, the manager reads their configs for every start,
+deletes them and hands registered ones to other hosts, and it must not pay for OpenCV."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Iterator
 
 FORMAT = 1
+# The digest a folder had when it was installed (registered, or downloaded by another host), kept
+# in it so that "is this still that avatar?" is one small read, not a pass over every frame. The
+# worker never reads it, and folder_digest leaves it out.
+DIGEST_FILE = ".digest"
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_CONFIG = {
     "tts_model": "espeak",
@@ -81,3 +87,63 @@ def avatar_lock(data_dir: Path, name: str) -> Iterator[None]:
     with open(folder / f".{name}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield  # closing the file releases it
+
+
+# --- the digest: which registration a folder is, for hosts that fetch it (avatar_manager.avatar_sync)
+
+def folder_entries(folder: Path) -> list[tuple[str, os.stat_result]]:
+    """Every file and folder inside `folder` (at any depth) as (POSIX path relative to it, its
+    lstat), sorted by path; DIGEST_FILE at the top is left out. AvatarError for anything else (a
+    link, a device, a pipe): a prepared folder holds none, and following a link could reach
+    outside the folder."""
+    found: list[tuple[str, os.stat_result]] = []
+    pending = [""]
+    while pending:
+        inside = pending.pop()
+        with os.scandir(Path(folder) / inside) as entries:
+            for entry in entries:
+                relative = f"{inside}/{entry.name}" if inside else entry.name
+                if relative == DIGEST_FILE:
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(relative)
+                elif not stat.S_ISREG(info.st_mode):
+                    raise AvatarError(f"{Path(folder) / relative} is neither a file nor a folder (a link?); an "
+                                      "avatar folder holds only files and folders")
+                found.append((relative, info))
+    return sorted(found, key=lambda item: item[0])
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the folder's tree, 'sha256:HEX': each entry's relative path, in folder_entries'
+    order, and each file's contents. Same tree, same digest, on any host; any renamed, added,
+    removed or changed file or folder changes it. AvatarError as folder_entries; OSError when the
+    folder cannot be read."""
+    total = hashlib.sha256()
+    for relative, info in folder_entries(folder):
+        path = os.fsencode(relative)
+        if stat.S_ISDIR(info.st_mode):
+            total.update(b"d\0" + path + b"\0")
+            continue
+        # O_NOFOLLOW: a file swapped for a link since it was listed is refused, not followed.
+        with open(os.open(Path(folder) / relative, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            content = hashlib.file_digest(f, "sha256").digest()
+        total.update(b"f\0" + path + b"\0" + content)
+    return f"sha256:{total.hexdigest()}"
+
+
+def seal(folder: Path) -> str:
+    """folder_digest, also written into the folder as DIGEST_FILE; the caller holds avatar_lock
+    (nothing may change the folder between the two)."""
+    digest = folder_digest(folder)
+    (Path(folder) / DIGEST_FILE).write_text(digest)
+    return digest
+
+
+def sealed_digest(folder: Path) -> str | None:
+    """The digest the folder was sealed with; None when it has none (made by hand, or before digests)."""
+    try:
+        return (Path(folder) / DIGEST_FILE).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
