@@ -195,11 +195,10 @@ def check_log_dir(ctx: Context) -> list[Finding]:
 def _redis_probe(url: str) -> tuple[str | None, str | None]:
     """(server version, None) when Redis answers within PROBE_TIMEOUT, else (None, why)."""
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+
+    from .store.redis_client import connect  # the store's own client: Sentinel URLs too
     try:
-        client = redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT,
-                                      retry=Retry(NoBackoff(), 0))
+        client = connect(url, PROBE_TIMEOUT)
         try:
             return str(client.info("server").get("redis_version", "?")), None
         finally:

@@ -8,6 +8,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from contracts.avatars import data_dir
 from contracts.bounds import DEFAULT as DEFAULT_BOUNDS

@@ -39,6 +39,7 @@ class Child:
     next_probe: float = 0.0   # when to check its health again
     failures: int = 0         # failed starts and exits in a row (a worker's are in its store record)
     retry_at: float = 0.0     # no start before this (a worker's is in its store record)
+    fetched_for: str = ""     # a worker's: the instance (token) whose avatar folder is in place here
 
 
 class Steps:

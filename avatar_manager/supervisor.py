@@ -14,13 +14,13 @@ from typing import Callable
 
 import psutil
 
-from . import ports, procs, reconcile, relayed_sessions
+from . import avatar_sync, ports, procs, reconcile, relayed_sessions
 from .instances import Instance, State
 from .logs import prune_instance_logs
 from .metrics import start_observation
 from .settings import Settings
 from .steps import Child, Proc, Report, Steps, backoff_delay
-from .store.base import Store
+from .store.base import Store, StoreError
 from .tts import TtsServers
 from .workers import Fence, avatar_spec, command, log_path
 
@@ -149,9 +149,12 @@ class Supervisor:
     # --- start ---------------------------------------------------------------------------------
 
     def _start(self, child: Child, instance: Instance, now: float) -> None:
-        """Its TTS server first (or without it, for now: the worker falls back to the offline
-        voice), then a step spawns the worker and waits until its /health answers with the
-        instance's token."""
+        """Its avatar's folder (downloaded from the API when this host lacks the registered one),
+        its TTS server (or without it, for now: the worker falls back to the offline voice), then
+        a step spawns the worker and waits until its /health answers with the instance's token."""
+        if self.settings.fleet_api_url and child.fetched_for != instance.token:
+            self.steps.run(child, lambda report: self._fetch(report, child, instance))
+            return
         try:
             spec = avatar_spec(self.settings, instance.avatar)
         except ValueError as exc:
@@ -167,6 +170,21 @@ class Supervisor:
         prune_instance_logs(self.settings.log_dir, {path, *(log_path(self.settings, i) for i in self.store.list())},
                             self.settings.log_retention_days)
         self.steps.run(child, lambda report: self._spawn(report, child, instance, argv, env))
+
+    def _fetch(self, report: Report, child: Child, instance: Instance) -> None:
+        try:
+            if avatar_sync.ensure_local(self.settings, self.store, instance.avatar):
+                log.info("%s: downloaded its registered folder from %s", instance.avatar, self.settings.fleet_api_url)
+            why = None
+        except (ValueError, StoreError) as exc:  # AvatarFetchError, a bad name, the store away
+            why = f"its avatar folder could not be had: {exc}"
+        report(lambda: self._fetched(child, instance, why))
+
+    def _fetched(self, child: Child, instance: Instance, why: str | None) -> None:
+        if why is None:
+            child.fetched_for = instance.token  # the next tick spawns it
+        else:
+            self.finish(child, instance, why, time.time())
 
     def _spawn(self, report: Report, child: Child, instance: Instance, argv: list[str], env: dict[str, str]) -> None:
         avatar, started, path = instance.avatar, time.monotonic(), log_path(self.settings, instance)
