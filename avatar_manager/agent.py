@@ -130,6 +130,7 @@ class HostAgent:
                      f"; the API and the web console at {self.settings.api_url}/" if self.api else "")
         self.tts.tick(now)
         self.supervisor.tick(now)
+        self.registrations.collect()
         if self.fleet_lease.hold():
             if now >= self.next_place_lost:
                 self.next_place_lost = now + PLACE_LOST_EVERY

@@ -52,12 +52,16 @@ class RegistrationJobs:
         self.done = done                       # called when a job ends: the supervisor looks again
         self.running: dict[str, Running] = {}  # job id -> its child
 
-    def tick(self, now: float) -> None:
-        """Collect the children that exited and kill those past their time; start queued jobs,
-        oldest first, while fewer than REGISTER_WORKERS run; fail jobs a dead supervisor left
-        behind; forget old finished ones. Never waits for a child."""
+    def collect(self) -> None:
+        """Collect the children that exited and kill those past their time (whoever leads now:
+        they are this agent's children). Never waits for a child."""
         for run in list(self.running.values()):
             self._watch(run)
+
+    def tick(self, now: float) -> None:
+        """collect(); then (the fleet's leader only) start queued jobs, oldest first, while fewer
+        than REGISTER_WORKERS run; fail jobs a dead leader left behind; forget old finished ones."""
+        self.collect()
         jobs = self.store.list_docs("job")  # after the collecting: those gone have their outcome recorded
         for job in sorted(jobs, key=lambda j: j["created"]):
             if (job["state"] == JobState.QUEUED and len(self.running) < self.settings.register_workers

@@ -15,7 +15,9 @@ import requests
 from harness.avatars import make_avatar
 from harness.processes import wait_for
 
+from avatar_manager import hosts
 from avatar_manager.instances import State
+from avatar_manager.lease import FLEET
 from avatar_manager.fleet import Fleet, StartFailed
 from avatar_manager.ports import is_free
 from avatar_manager.settings import Settings
@@ -160,7 +162,10 @@ def test_a_failed_start_leaves_the_next_instances_connections_alone(tmp_path, mo
     settings = Settings.from_env({"AVATAR_DATA_DIR": str(tmp_path / "data"), "LOG_DIR": str(tmp_path / "logs")})
     make_avatar(settings.data_dir, "x")
     store = SqliteStore(tmp_path / "store.sqlite3")
-    store.take_lease("test", 60.0, time.time())
+    # What a host agent does: lead the fleet, and publish this host.
+    store.take_lease(FLEET, "test", 60.0)
+    hosts.publish(store, hosts.Host(id=settings.host_id, address="127.0.0.1", public_host="127.0.0.1",
+                                    max_instances=settings.max_avatars, ports=list(settings.ports), gpus=[]))
     first, second = Fleet(settings, store), Fleet(settings, store)
     wait_running = first._wait_running
 
