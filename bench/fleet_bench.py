@@ -10,7 +10,7 @@ which fences itself as the real one does).
    same Redis (WATCH/MULTI, placement.place), --claims times, one after the other.
 2. Placement through the API: POST /avatar/start of --starts new avatars, one after the other:
    the whole cold start (the claim across hosts, the agent's spawn, the worker's /health).
-3. Host death, --runs times: three avatars with two users each; SIGKILL to the agent of the
+3. Host death, --runs times: six avatars with two users each (two on each host); SIGKILL to the agent of the
    host running the first one and to its workers (a machine that died); the time until every
    avatar of that host is RUNNING on another host and answers /health there.
 4. Fencing, --runs times: SIGSTOP to that host's agent; the time until none of its workers
@@ -48,7 +48,9 @@ def pct(values: list[float], q: float) -> float:
 def store_claims(fleet: Fleet, n: int) -> list[float]:
     store = RedisStore(fleet.redis_url, prefix=f"bench-{secrets.token_hex(4)}:")
     offers = fleet_hosts.live_hosts(RedisStore(fleet.redis_url))
-    offers = [fleet_hosts.Host(**{**h.__dict__, "max_instances": n}) for h in offers]  # room for all
+    # Room for every claim on each host (a port each), as if every host had MAX_AVATARS >= n.
+    offers = [fleet_hosts.Host(**{**h.__dict__, "max_instances": n, "ports": list(range(20000, 20000 + n))})
+              for h in offers]
     times = []
     for i in range(n):
         claim = Claim(avatar=f"b{i}", instance_id=f"b{i}", token=secrets.token_hex(8), now=time.time(),
@@ -74,7 +76,7 @@ def api_starts(fleet: Fleet, n: int) -> list[float]:
 
 
 def host_death(fleet: Fleet, run: int, kind: str) -> dict:
-    names = [f"{kind}{run}x{n}" for n in range(3)]
+    names = [f"{kind}{run}x{n}" for n in range(6)]  # two on each host
     for name in names:
         make_avatar(fleet.data_dir, name)
         for user in (1, 2):

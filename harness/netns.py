@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,10 +87,14 @@ class Network:
         _ip(*inns, "route", "add", "default", "via", self.gateway)
         return host
 
-    def close(self) -> None:
-        for host in self.hosts:
-            for proc in host.procs:
-                end(proc)
+    def close(self, grace: float = 10.0) -> None:
+        """Every process SIGTERMed at once, SIGKILLed after `grace`; then the namespaces go."""
+        procs = [proc for host in self.hosts for proc in host.procs if proc.poll() is None]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            end(proc, max(0.1, deadline - time.monotonic()))
         for host in self.hosts:
             subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=10)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=10)

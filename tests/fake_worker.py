@@ -28,6 +28,7 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -67,6 +68,14 @@ async def unreachable_answer(offer: dict, hole: BlackHole) -> dict:
     sdp = re.sub(r"c=IN IP4 \S+", "c=IN IP4 127.0.0.1", sdp)
     await pc.close()
     return {"sdp": sdp, "type": "answer"}
+
+
+class Server(ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # HTTPServer's own asks DNS for the address's name (socket.getfqdn): on a host without a
+        # reachable resolver (a test's network namespace) that waits 10 s before listening.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
 
 def main() -> None:
@@ -140,7 +149,7 @@ def main() -> None:
             pass
 
     fence.from_env()  # the worker's own fencing, as the real one does it
-    server = ThreadingHTTPServer((os.environ.get("WORKER_HOST", "127.0.0.1"), args.listenport), Handler)
+    server = Server((os.environ.get("WORKER_HOST", "127.0.0.1"), args.listenport), Handler)
     print(f"fake worker: {args.avatar_id} on port {args.listenport}", file=sys.stderr, flush=True)
     server.serve_forever()
 

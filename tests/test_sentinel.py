@@ -22,6 +22,7 @@ from redis.sentinel import SentinelManagedConnection
 from harness.ports import free_port
 from harness.processes import end, wait_for
 
+from avatar_manager.hosts import Host
 from avatar_manager.instances import Instance, State
 from avatar_manager.placement import Claim
 from avatar_manager.settings import ConfigError, Settings
@@ -37,8 +38,10 @@ RECORD_FIELDS = {f.name for f in fields(Instance)}
 
 
 def claim(avatar: str) -> Claim:
-    return Claim(avatar=avatar, instance_id=f"id_{avatar}", token=f"token_{avatar}", now=NOW,
-                 max_instances=len(PORTS), ports=PORTS, gpus=[], min_free_mb=0, gpu_required=False)
+    host = Host(id="h1", address="127.0.0.1", public_host="127.0.0.1", max_instances=len(PORTS), ports=PORTS,
+                gpus=[])
+    return Claim(avatar=avatar, instance_id=f"id_{avatar}", token=f"token_{avatar}", now=NOW, hosts=[host],
+                 min_free_mb=0, gpu_required=False)
 
 
 def client(port: int) -> redis.Redis:

@@ -94,6 +94,16 @@ return 1
 """
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether the server itself answered with an error somewhere in exc's chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.ResponseError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _instance(flat: list[str]) -> Instance:
     return Instance.from_record(dict(zip(flat[::2], flat[1::2])))
 
@@ -147,7 +157,8 @@ class RedisStore(Store):
 
     def _atomically(self, decide):
         # Every record is watched before it is read: a write by anyone in between fails the EXEC,
-        # and the decision is made again on what is there then.
+        # and the decision is made again on what is there then. The reads need not be on the
+        # watching connection, so they go in one round trip on another.
         deadline = time.monotonic() + _TIMEOUT
         with self._errors(), self._redis.pipeline(transaction=True) as pipe:
             for _ in range(CAS_TRIES):
@@ -156,19 +167,35 @@ class RedisStore(Store):
                     keys = [self._key(a) for a in sorted(pipe.smembers(self._avatars))]
                     if keys:
                         pipe.watch(*keys)
-                    records = [Instance.from_record(r) for r in (pipe.hgetall(k) for k in keys) if r]
+                    reads = self._redis.pipeline(transaction=False)
+                    for k in keys:
+                        reads.hgetall(k)
+                    records = [Instance.from_record(r) for r in reads.execute() if r]
                     result, writes = decide(sorted(records, key=lambda i: (i.created, i.avatar)))
                     pipe.multi()
                     for instance in writes:
                         pipe.delete(self._key(instance.avatar))
                         pipe.hset(self._key(instance.avatar), mapping=instance.to_record())
                         pipe.sadd(self._avatars, instance.avatar)
-                    pipe.execute()
+                    self._exec(pipe)
                     return result
                 except redis.WatchError:
                     if time.monotonic() >= deadline:
                         break
         raise StoreError(f"Redis store {self.url}: the records kept changing for {_TIMEOUT:g} s")
+
+    def _exec(self, pipe) -> None:
+        """EXEC, telling a record changed meanwhile (WatchError: decide again) from a connection
+        lost on the way, which redis-py also reports as a WatchError: then the writes may or may
+        not have been made, and deciding again could apply them twice (a join counted twice). A
+        server that answered with an error (a demoted primary's READONLY) made none: decide again."""
+        try:
+            pipe.execute()
+        except redis.WatchError as exc:
+            if "occurred while watching" in str(exc) and not _refused(exc):
+                raise StoreError(f"Redis store {self.url}: the connection failed while the decision was "
+                                 f"written; it may or may not have been ({exc})") from exc
+            raise
 
     def remove(self, avatar: str, state: State) -> bool:
         return bool(self._instances(self._remove, avatar, State(state).value))

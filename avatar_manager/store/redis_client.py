@@ -14,7 +14,8 @@ WAIT 1 on its own connection (WAIT only counts the writes of the connection it i
 pool hands out any connection, so it cannot be a separate command afterwards): the store answers
 only once a replica has the write, and raises (StoreError) when none acknowledged it in time.
 A script that only reads waits too (the client cannot tell), which returns at once while a
-replica is connected; with none, the store answers StoreError to writes and to list() alike.
+replica is connected; with none, the store answers StoreError to writes and to list() alike. A
+pipeline of plain reads does not wait.
 """
 from __future__ import annotations
 
@@ -161,6 +162,10 @@ def _wait_for_a_replica(connection, wait_ms: int) -> None:
                             f"(on {connection.host}:{connection.port}); a failover could lose it")
 
 
+# Commands that never write: a pipeline of only these (the store's batched reads) has nothing to wait for.
+_READS = frozenset({"HGETALL", "HGET", "HMGET", "SMEMBERS", "EXISTS", "GET", "TIME"})
+
+
 class _ReplicatedPipeline(Pipeline):
     """WAIT after the commands, on their connection, before the pipeline gives it back to the pool.
     _execute_transaction and _execute_pipeline are redis-py's own (8.1.0, pinned): the one place
@@ -174,7 +179,8 @@ class _ReplicatedPipeline(Pipeline):
 
     def _execute_pipeline(self, connection, commands, raise_on_error):
         result = super()._execute_pipeline(connection, commands, raise_on_error)
-        _wait_for_a_replica(connection, self.wait_ms)
+        if any(str(args[0]).upper() not in _READS for args, _ in commands):  # a script may write
+            _wait_for_a_replica(connection, self.wait_ms)
         return result
 
 
