@@ -7,8 +7,10 @@ root) and iproute2. Everything made here is removed by close().
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -59,10 +61,20 @@ def _free_subnet() -> int:
     return next(n for n in range(20, 255) if n not in used)
 
 
+_made = itertools.count(1)
+
+
+def _pids_in(namespace: str) -> list[int]:
+    listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=10)
+    return [int(p) for p in listed.stdout.split()]
+
+
 class Network:
     def __init__(self) -> None:
         subnet = self.subnet = _free_subnet()
-        self.tag = f"af{os.getpid() % 10000}s{subnet}"
+        # Names unique in this process for good: a namespace a straggler still holds open keeps
+        # its interfaces, which must not collide with the next network's.
+        self.tag = f"af{os.getpid() % 10000}n{next(_made)}"
         self.bridge = f"{self.tag}br"
         self.gateway = f"{SUBNET_BASE}.{subnet}.1"
         self.hosts: list[Host] = []
@@ -88,7 +100,8 @@ class Network:
         return host
 
     def close(self, grace: float = 10.0) -> None:
-        """Every process SIGTERMed at once, SIGKILLed after `grace`; then the namespaces go."""
+        """Every process SIGTERMed at once, SIGKILLed after `grace`; whatever still runs in a
+        namespace (what they left behind) SIGKILLed; then the namespaces go."""
         procs = [proc for host in self.hosts for proc in host.procs if proc.poll() is None]
         for proc in procs:
             proc.terminate()
@@ -96,5 +109,13 @@ class Network:
         for proc in procs:
             end(proc, max(0.1, deadline - time.monotonic()))
         for host in self.hosts:
+            deadline = time.monotonic() + 5
+            while (left := _pids_in(host.name)) and time.monotonic() < deadline:
+                for pid in left:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.05)
             subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=10)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=10)
