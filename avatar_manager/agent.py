@@ -24,7 +24,7 @@ import psutil
 
 from . import gpus, hosts, ports, relayed_sessions, replacement, systemd
 from .api_server import ApiServer
-from .lease import FLEET, Lease, holder_id, host_lease
+from .lease import FLEET, TTL, Lease, holder_id, host_lease
 from .registration_jobs import RegistrationJobs
 from .settings import Settings
 from .steps import Steps
@@ -39,7 +39,7 @@ TICK = 0.1              # seconds between looks at the store
 PR_SET_CHILD_SUBREAPER = 36
 # Workers end themselves this long after the agent's last renewal: before the host's lease
 # (hosts.TTL) runs out and another host may start their avatars.
-FENCE_AFTER = hosts.TTL - 1.5
+FENCE_AFTER = TTL - 1.5
 PLACE_LOST_EVERY = 0.5
 FORGET_SESSIONS_EVERY = 5.0  # relayed sessions of instances that are gone
 
@@ -61,6 +61,7 @@ class HostAgent:
         self.next_place_lost = 0.0
         self.next_forget = 0.0
         self.ready_told = False
+        self.adopted = False                   # the workers and TTS servers already running are ours
         self.steps = Steps(max(4, settings.max_avatars), self.wakeup.set)
         self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir,
                               settings.startup_timeout, settings.stop_timeout, settings.api_token, self.steps,
@@ -116,13 +117,14 @@ class HostAgent:
         if self.child_exited:  # not every tick: listing our children reads /proc
             self.child_exited = False
             self._reap_strays()
-        holding = self.host_lease.held
         if not self._hold_host(now):
+            self.adopted = False
             return
-        if not holding:
+        if not self.adopted:  # again after a store error cut it short
             log.info("host agent of %s supervises it; adopting live workers", self.settings.host_id)
             self.tts.adopt()
             self.supervisor.adopt(now)
+            self.adopted = True
         if not self.ready_told and (self.api is None or self.api.answers()):
             systemd.notify("READY=1")  # systemd's Type=notify: the service is up
             self.ready_told = True
@@ -134,7 +136,7 @@ class HostAgent:
         if self.fleet_lease.hold():
             if now >= self.next_place_lost:
                 self.next_place_lost = now + PLACE_LOST_EVERY
-                replacement.place_lost(self.store, self.settings)
+                replacement.place_lost(self.store, self.settings, several_hosts=self.fence is not None)
             if now >= self.next_forget:
                 self.next_forget = now + FORGET_SESSIONS_EVERY
                 relayed_sessions.forget_stale(self.store, self.store.list())
@@ -143,18 +145,22 @@ class HostAgent:
     def _hold_host(self, now: float) -> bool:
         """Renew this host's lease and, every second, publish what it offers (its free worker
         ports, its GPUs' free memory); then touch the fence file its workers watch."""
+        wall, renewing = time.time(), time.monotonic()  # the lease runs from before the store took it
         if not self.host_lease.hold():
             if now >= self.next_publish:  # said once a second, not every tick
                 self.next_publish = now + hosts.RENEW_EVERY
                 log.error("host %s is supervised by %s: is HOST_ID the same on two machines?",
                           self.settings.host_id, self.store.lease_holder(self.host_lease.name))
             return False
+        self.renewed = renewing
+        if self.fence is not None:
+            # The workers compare this with their own clock: set it from ours, whatever the
+            # file system's (a shared data dir's server keeps another).
+            self.fence.path.touch()
+            os.utime(self.fence.path, (wall, wall))
         if now >= self.next_publish:
             self.next_publish = now + hosts.RENEW_EVERY
             hosts.publish(self.store, self._offer())
-        self.renewed = time.monotonic()
-        if self.fence is not None:
-            self.fence.path.touch()
         return True
 
     def _offer(self) -> hosts.Host:
@@ -182,9 +188,12 @@ class HostAgent:
             mine |= self.api.pids()
         for child in psutil.Process().children():
             try:
-                if child.pid not in mine and child.status() == psutil.STATUS_ZOMBIE:
+                # A child spawned a moment ago is not in `mine` until its step reports back; it
+                # leads a session of its own (procs.spawn), which an orphaned grandchild does not.
+                if (child.pid not in mine and child.status() == psutil.STATUS_ZOMBIE
+                        and os.getsid(child.pid) != child.pid):
                     os.waitpid(child.pid, os.WNOHANG)
-            except (psutil.Error, ChildProcessError):
+            except (psutil.Error, ChildProcessError, ProcessLookupError):
                 pass
 
     def shutdown(self) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from .lease import TTL  # a host's document is live as long as its lease
+
 if TYPE_CHECKING:  # the store's base imports placement, which reads Host
     from .store.base import Store
 
 KIND = "host"
-TTL = 5.0        # seconds a host stays live without renewing
 RENEW_EVERY = 1.0
 
 

@@ -8,10 +8,14 @@ import logging
 import os
 import secrets
 import socket
+from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 import psutil
 
-from .store.base import Store
+if TYPE_CHECKING:  # the store's package reads hosts.py, which reads TTL here
+    from .store.base import Store
 
 log = logging.getLogger("avatar_manager.lease")
 TTL = 5.0
@@ -22,13 +26,22 @@ def host_lease(host_id: str) -> str:
     return f"host:{host_id}"
 
 
+def _boot() -> str:
+    """This machine's current boot (host names repeat across cloned machines; this does not)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "unknown"
+
+
 def holder_id() -> str:
-    """This process, as a lease names its holder: host name, pid, and a nonce against pid reuse."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """This process, as a lease names its holder: host name, pid, this machine's boot, and a
+    nonce against pid reuse."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_boot()}:{secrets.token_hex(4)}"
 
 
 class Lease:
-    def __init__(self, store: Store, name: str, holder: str) -> None:
+    def __init__(self, store: "Store", name: str, holder: str) -> None:
         self.store = store
         self.name = name
         self.holder = holder
@@ -43,13 +56,13 @@ class Lease:
         return self.held
 
     def _free_dead(self) -> None:
-        """A holder on this machine whose process is gone (SIGKILLed) need not be waited out."""
+        """A holder on this machine (this very boot of it) whose process is gone (SIGKILLed) need
+        not be waited out."""
         holder = self.store.lease_holder(self.name)
         if holder is None or holder == self.holder:
             return
-        host, _, rest = holder.partition(":")
-        pid = rest.partition(":")[0]
-        if host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+        _, pid, boot, _ = (holder.split(":") + ["", "", "", ""])[:4]
+        if boot == _boot() and pid.isdigit() and not psutil.pid_exists(int(pid)):
             log.info("the previous holder of the %s lease (%s) is gone; taking over now", self.name, holder)
             self.store.drop_lease(self.name, holder)
 

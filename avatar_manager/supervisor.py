@@ -15,7 +15,7 @@ from typing import Callable
 import psutil
 
 from . import avatar_sync, ports, procs, reconcile, relayed_sessions
-from .instances import Instance, State
+from .instances import HOLDS_PORT, Instance, State
 from .logs import prune_instance_logs
 from .metrics import start_observation
 from .settings import Settings
@@ -51,8 +51,10 @@ class Supervisor:
     # --- every tick ----------------------------------------------------------------------------
 
     def mine(self, instance: Instance) -> bool:
-        """Whether the instance is placed on this host (a record from before hosts is)."""
-        return instance.host in ("", self.settings.host_id)
+        """Whether the instance is placed on this host. A record from before hosts ("") is, on a
+        fleet of one host; on a fleet of several (fencing) it could be any host's, and the
+        fleet's leader places it again (replacement.py)."""
+        return instance.host == self.settings.host_id or (instance.host == "" and self.worker_fence is None)
 
     def tick(self, now: float) -> None:
         instances = [i for i in self.store.list() if self.mine(i)]
@@ -83,6 +85,9 @@ class Supervisor:
         if state == State.STARTING:
             if child.proc is None:
                 self._start(child, instance, now)
+            else:  # spawned, but what came of it was not recorded (the store was away): wait again
+                proc = child.proc
+                self.steps.run(child, lambda report: self._wait_ready(report, child, instance, proc, time.monotonic()))
         elif state == State.RUNNING:
             if child.proc is None:
                 self.finish(child, instance, "its process is gone", now)
@@ -120,11 +125,12 @@ class Supervisor:
         gone), and what it means follows from the record: a requested stop (STOPPING: the stop
         step records it), a failed start, or a crash. A crash, or a failed start of an instance
         that ran before, is EXITED and then retried with backoff (step); a cold start that never
-        worked is FAILED at once, its port freed. The record as it is now."""
+        worked is FAILED at once, its port freed. The record as it is now, if still this host's."""
         child.proc, child.misses = None, 0
         current = self.store.record(instance.avatar)
-        if (current is None or current.token != instance.token or not self.mine(current)
-                or current.state not in (State.STARTING, State.RUNNING)):
+        if current is None or not self.mine(current):
+            return None  # gone, or placed on another host meanwhile: not ours to carry on
+        if current.token != instance.token or current.state not in (State.STARTING, State.RUNNING):
             return current
         tail = procs.log_tail(log_path(self.settings, current))
         if current.state == State.STARTING:
@@ -176,7 +182,7 @@ class Supervisor:
             if avatar_sync.ensure_local(self.settings, self.store, instance.avatar):
                 log.info("%s: downloaded its registered folder from %s", instance.avatar, self.settings.fleet_api_url)
             why = None
-        except (ValueError, StoreError) as exc:  # AvatarFetchError, a bad name, the store away
+        except (ValueError, OSError, StoreError) as exc:  # AvatarFetchError, a bad name, a full disk, the store away
             why = f"its avatar folder could not be had: {exc}"
         report(lambda: self._fetched(child, instance, why))
 
@@ -187,12 +193,25 @@ class Supervisor:
             self.finish(child, instance, why, time.time())
 
     def _spawn(self, report: Report, child: Child, instance: Instance, argv: list[str], env: dict[str, str]) -> None:
-        avatar, started, path = instance.avatar, time.monotonic(), log_path(self.settings, instance)
-        proc = procs.spawn(argv, env, path)
+        try:
+            proc = procs.spawn(argv, env, log_path(self.settings, instance))
+        except OSError as exc:  # fork or exec refused (no memory, no processes left)
+            why = f"the worker could not be started: {exc}"
+            report(lambda: self.finish(child, instance, why, time.time()))
+            return
         report(lambda: self._spawned(child, instance, proc))
+        self._wait_ready(report, child, instance, proc, time.monotonic())
+
+    def _wait_ready(self, report: Report, child: Child, instance: Instance, proc: Proc, started: float) -> None:
+        """Until the worker answers /health with the instance's token (and ready), exits, runs out
+        of STARTUP_TIMEOUT, or is no longer wanted; what came of it is reported."""
+        avatar = instance.avatar
 
         def not_wanted() -> bool:  # a stop came in, or we are shutting down: the stop step takes over
-            current = self.store.record(avatar)
+            try:
+                current = self.store.record(avatar)
+            except StoreError:
+                return self.shutting_down()  # the store is away: keep waiting, within the timeout
             return current is None or current.state != State.STARTING or self.shutting_down()
 
         def healthy() -> bool:
@@ -224,7 +243,8 @@ class Supervisor:
             self.finish(child, instance, f"the worker did not answer /health within STARTUP_TIMEOUT="
                                          f"{self.settings.startup_timeout:g} s; its log ({path}) ends:\n"
                                          f"{procs.log_tail(path)}", now)
-        elif self.store.transition(instance.avatar, {State.STARTING}, State.RUNNING, ready_at=now, error=""):
+        elif self.store.transition(instance.avatar, {State.STARTING}, State.RUNNING,
+                                   expect={"token": instance.token, "host": instance.host}, ready_at=now, error=""):
             # Idle from now on if nobody is connected and it was not idle already (a restart keeps
             # its idle clock); a compare-and-set, as somebody may join right now.
             self.store.transition(instance.avatar, {State.RUNNING}, State.RUNNING,
@@ -376,8 +396,9 @@ class Supervisor:
             t.join()
         if supervising:
             for instance in filter(self.mine, self.store.list()):
-                if self.worker_fence is not None and instance.state not in (State.STOPPING, State.FAILED):
-                    self.store.transition(instance.avatar, {instance.state}, State.LOST, pid=0,
+                if self.worker_fence is not None and instance.state in HOLDS_PORT - {State.STOPPING}:
+                    self.store.transition(instance.avatar, {instance.state}, State.LOST,
+                                          expect={"token": instance.token, "host": instance.host}, pid=0,
                                           error=f"its host {self.settings.host_id} was shut down")
                     continue
                 self.store.transition(instance.avatar, set(State) - {State.STOPPED}, State.STOPPING)

@@ -476,3 +476,30 @@ def test_a_running_instance_reserves_its_gpu_memory_until_its_host_measures_it(s
     # Measured after m1 came up (and m1's memory shows in the figures): no double count.
     after = Host(**{**before.__dict__, "gpus": [(0, 8000)], "measured_at": NOW + 2})
     assert store.claim(on("m3", [after], gpu_required=True, min_free_mb=2000))[0].gpu == 0
+
+
+def test_the_leader_places_lost_instances_and_those_from_before_hosts_on_a_fleet_of_several(store, tmp_path):
+    from avatar_manager import replacement
+    from avatar_manager.hosts import publish
+    from avatar_manager.settings import Settings
+
+    settings = Settings.from_env({"AVATAR_DATA_DIR": str(tmp_path)})
+    fleet = hosts(("a", 3, []), ("b", 3, []))
+    for host in fleet:  # both live: their agents hold their leases and published them
+        store.take_lease(f"host:{host.id}", f"agent-{host.id}", 10.0)
+        publish(store, host)
+    lost, _ = store.claim(on("lost", fleet))  # its own agent marked it LOST (shut down), then came back
+    store.transition("lost", {State.STARTING}, State.LOST, error="its host a was shut down")
+    store.claim(on("old", fleet))
+    store._transition("old", {State.STARTING}, State.RUNNING, host="")  # a record from before hosts
+    dead = store.claim(on("dead", fleet))[0]
+    store.transition("dead", {State.STARTING}, State.RUNNING)
+    store.drop_lease(f"host:{dead.host}", f"agent-{dead.host}")  # that host stopped renewing
+
+    assert replacement.place_lost(store, settings, several_hosts=False) == 2
+    now = {i.avatar: i for i in store.list()}
+    assert now["lost"].state == State.STARTING and now["lost"].token == lost.token
+    assert now["dead"].state == State.STARTING and now["dead"].host != dead.host
+    assert now["old"].state == State.RUNNING  # one host: its agent runs it
+    assert replacement.place_lost(store, settings, several_hosts=True) == 1
+    assert store.get("old").state == State.STARTING and store.get("old").host in ("a", "b")
