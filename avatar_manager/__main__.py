@@ -13,6 +13,7 @@ from .logs import setup_logging
 from .settings import ConfigError, Settings
 from .store import StoreError, open_store
 from .agent import HostAgent
+from .instances import url_host
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 
@@ -38,7 +39,7 @@ def serve(argv: list[str]) -> int:
     except (ConfigError, StoreError) as exc:
         print(f"avatar_manager: {exc}", file=sys.stderr)
         return 2
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    host = url_host(settings.host)
     api = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", f"{host}:{settings.port}",
            "avatar_manager.api:create_app()"]
     if role == "api":  # gunicorn is the service: it replaces this process

@@ -22,7 +22,7 @@ import time
 
 import psutil
 
-from . import gpus, hosts, ports, relayed_sessions, replacement, systemd
+from . import hosts, relayed_sessions, replacement, systemd
 from .api_server import ApiServer
 from .lease import FLEET, TTL, Lease, holder_id, host_lease
 from .registration_jobs import RegistrationJobs
@@ -160,17 +160,8 @@ class HostAgent:
             os.utime(self.fence.path, (wall, wall))
         if now >= self.next_publish:
             self.next_publish = now + hosts.RENEW_EVERY
-            hosts.publish(self.store, self._offer())
+            hosts.publish(self.store, hosts.measure(self.settings))
         return True
-
-    def _offer(self) -> hosts.Host:
-        settings, measured_at = self.settings, time.time()
-        found = gpus.read_gpus(settings.gpu_ids)
-        return hosts.Host(id=settings.host_id, address=settings.host_address, public_host=settings.public_host,
-                          max_instances=settings.max_avatars, ports=ports.free_ports(settings.ports),
-                          gpus=[(g.index, g.free_mb) for g in found], measured_at=measured_at,
-                          gpu_detail=[g.to_api(0, 0) for g in found],
-                          gpu_error=gpus.unavailable_reason() if not found else None)
 
     def _fence_if_cut_off(self) -> None:
         """Cut off from the store for FENCE_AFTER: our workers end now, before another host may

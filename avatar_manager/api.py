@@ -3,7 +3,6 @@
 dependency down 503. Handlers are stateless: everything lives in the store."""
 from __future__ import annotations
 
-import hmac
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ from werkzeug.routing import BaseConverter
 from werkzeug.wsgi import LimitedStream
 
 from contracts.avatars import AvatarError, avatar_dir
+from contracts import auth
 from contracts.cors import ANY as ANY_ORIGIN
 from contracts.openapi import flask_document, load
 
@@ -83,8 +83,8 @@ def _document(app: Flask, settings: Settings) -> dict:
     components = document.setdefault("components", {})
     components["responses"] = schemas.RESPONSES
     if settings.api_token:
-        components["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer"}}
-        document["security"] = [{"token": []}]
+        components["securitySchemes"] = {auth.SCHEME_NAME: {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{auth.SCHEME_NAME: []}]
     return document
 
 
@@ -126,9 +126,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def authenticate():
         if not settings.api_token or _open(request.path) or request.method == "OPTIONS":
             return None
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_token}".encode()):
-            return _reply("missing or wrong API token (Authorization: Bearer ...)", status=401)
+        if not auth.authorized(request.headers.get("Authorization"), settings.api_token):
+            return _reply(auth.REFUSAL, status=401)
         return None
 
     @app.before_request

@@ -22,7 +22,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -30,8 +29,9 @@ from typing import Iterator
 import requests
 import urllib3
 
-from contracts.avatars import (DIGEST_FILE, AvatarError, avatar_dir, avatar_lock, check_name, folder_digest,
-                               folder_entries, sealed_digest)
+from contracts import auth
+from contracts.avatars import (DIGEST_FILE, AvatarError, avatar_dir, check_name, folder_digest, folder_entries,
+                               install_folder, sealed_digest)
 
 from .settings import Settings
 from .store.base import Store
@@ -115,11 +115,9 @@ def ensure_local(settings: Settings, store: Store, name: str, *, timeout: float 
     folder = avatar_dir(settings.data_dir, name)
     if not digest or not settings.fleet_api_url or sealed_digest(folder) == digest:
         return False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Beside the folder (one filesystem: the rename is atomic) and hidden (listing skips it).
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.fetch.", dir=folder.parent))
-    try:
-        started = time.monotonic()
+    started = time.monotonic()
+
+    def fetch(staging: Path) -> None:
         _download(settings, name, digest, staging, timeout, max_bytes)
         try:
             arrived = folder_digest(staging)
@@ -131,43 +129,21 @@ def ensure_local(settings: Settings, store: Store, name: str, *, timeout: float 
                 f"{digest}: it changed after registration (e.g. a clip added) or the API's AVATAR_DATA_DIR is not "
                 f"where it was registered; register the avatar again")
         (staging / DIGEST_FILE).write_text(digest)
-        _install(settings, name, staging, digest)
-        log.info("avatar %s: downloaded from %s in %.1f s (%s)", name, settings.fleet_api_url,
-                 time.monotonic() - started, digest)
-        return True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already once installed
 
-
-def _install(settings: Settings, name: str, staging: Path, digest: str) -> None:
-    """Swap the checked folder in under the avatar's lock (as lipsync_worker.avatars.install_folder
-    does): the old one is moved aside first, so the name never holds half of either."""
-    folder = avatar_dir(settings.data_dir, name)
-    old: Path | None = None
     try:
-        with avatar_lock(settings.data_dir, name):
-            if sealed_digest(folder) == digest:
-                return  # another process of this host installed it meanwhile
-            if folder.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=folder.parent))
-                os.rename(folder, old / name)
-            try:
-                os.rename(staging, folder)
-            except OSError:
-                if old is not None:
-                    os.rename(old / name, folder)
-                raise
+        # Another process of this host may have installed the same meanwhile: then it stays.
+        install_folder(settings.data_dir, name, folder, fetch, unless=lambda: sealed_digest(folder) == digest)
     except OSError as exc:
         raise AvatarFetchError(f"avatar {name}: cannot install the downloaded folder at {folder}: {exc}") from None
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    log.info("avatar %s: downloaded from %s in %.1f s (%s)", name, settings.fleet_api_url,
+             time.monotonic() - started, digest)
+    return True
 
 
 def _download(settings: Settings, name: str, digest: str, into: Path, timeout: float, max_bytes: int) -> None:
     """GET FLEET_API_URL/avatar/NAME/folder with the API token and extract it into `into`."""
     url = f"{settings.fleet_api_url}/avatar/{name}/folder"
-    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    headers = auth.headers(settings.api_token)
     try:
         # No redirects: the token goes to FLEET_API_URL and nowhere else.
         with requests.get(url, headers=headers, stream=True, allow_redirects=False,

@@ -9,8 +9,7 @@ from dataclasses import replace
 
 from contracts.avatars import AvatarError, NoSuchAvatar, check_name
 
-from . import hosts, ports
-from .gpus import read_gpus
+from . import hosts
 from .instances import Instance, State
 from .lease import FLEET
 from .placement import Busy, Claim, Full
@@ -72,11 +71,8 @@ class Fleet:
     def offers(self) -> list[hosts.Host]:
         """The live hosts and what each offers: as it last published (within a second), except
         this very host (an API beside its agent), whose free ports and GPUs are read now."""
-        live = hosts.live_hosts(self.store)
-        here, measured_at = self.settings.host_id, time.time()
-        return [replace(h, ports=ports.free_ports(self.settings.ports), measured_at=measured_at,
-                        gpus=[(g.index, g.free_mb) for g in read_gpus(self.settings.gpu_ids)])
-                if h.id == here else h for h in live]
+        here = self.settings.host_id
+        return [hosts.measure(self.settings) if h.id == here else h for h in hosts.live_hosts(self.store)]
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -92,11 +88,8 @@ class Fleet:
         """Join the avatar's instance or start one; returns once it is RUNNING, with this caller's
         own connection count (the n-th of several concurrent starts gets n), and whether this
         call created the instance."""
-        try:
-            check_name(instance_id)
-            avatar = check_name(avatar_name or avatar_of(instance_id))
-        except AvatarError as exc:
-            raise BadRequest(str(exc)) from None
+        valid_name(instance_id)
+        avatar = valid_name(avatar_name or avatar_of(instance_id))
         deadline = time.monotonic() + self.start_wait
         joined = self.store.join(avatar, time.time())
         if joined is not None and joined.state == State.RUNNING:

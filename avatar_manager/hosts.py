@@ -7,10 +7,13 @@ instances again on the others (replacement.py).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from . import gpus, ports
 from .lease import TTL  # a host's document is live as long as its lease
+from .settings import Settings
 
 if TYPE_CHECKING:  # the store's base imports placement, which reads Host
     from .store.base import Store
@@ -42,6 +45,17 @@ class Host:
     def from_doc(cls, doc: dict) -> "Host":
         known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
         return cls(**{**known, "gpus": [tuple(g) for g in known.get("gpus", [])]})
+
+
+def measure(settings: Settings) -> Host:
+    """This host as it is now: its free worker ports and its GPUs' free memory."""
+    measured_at = time.time()
+    found = gpus.read_gpus(settings.gpu_ids)
+    return Host(id=settings.host_id, address=settings.host_address, public_host=settings.public_host,
+                max_instances=settings.max_avatars, ports=ports.free_ports(settings.ports),
+                gpus=[(g.index, g.free_mb) for g in found], measured_at=measured_at,
+                gpu_detail=[g.to_api(0, 0) for g in found],
+                gpu_error=gpus.unavailable_reason() if not found else None)
 
 
 def publish(store: "Store", host: Host) -> Host:

@@ -70,10 +70,8 @@ class RegistrationJobs:
             elif (job["state"] == JobState.PREPARING and job["id"] not in self.running
                   and now - job["updated"] > self.settings.register_timeout + self.settings.stop_timeout + 60):
                 # Not ours, and past any child's time: its supervisor died while it ran.
-                registration.release(self.store, job)
-                registration.free_slot(self.store, job)
-                registration.finish_job(self.store, job, error={
-                    "status": 503, "message": "registration stopped: the manager restarted while it ran; send it again"})
+                self._end(job, error={"status": 503, "message": "registration stopped: the manager restarted "
+                                                                "while it ran; send it again"})
         registration.prune_jobs(self.store, now, jobs)
 
     def pids(self) -> set[int]:

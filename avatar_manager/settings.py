@@ -18,6 +18,8 @@ from contracts.limits import MAX_JSON_BYTES
 from contracts.ports import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
 from contracts.settings import ConfigError, number, port_range
 
+from .instances import url_host
+
 __all__ = ["ConfigError", "Settings"]
 
 
@@ -62,23 +64,29 @@ def _ice_servers(raw: str) -> list[dict]:
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
+def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str | None:
+    """A host name (as it is) or an IP address (parsed, brackets allowed); None when it is neither."""
+    try:
+        return ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return name if _HOSTNAME.fullmatch(name) and len(name) <= 253 else None
+
+
 def _public_host(raw: str, host: str) -> str:
     """PUBLIC_HOST: the address clients reach this host's workers at, as it goes into a URL (an
     IPv6 address in brackets). Unset: AVATAR_MANAGER_HOST when it names one address, else
     127.0.0.1 (a wildcard bind says nothing about which address clients use)."""
-    name = raw.strip() or host
-    try:
-        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        if not _HOSTNAME.fullmatch(name) or len(name) > 253:
-            raise ConfigError(f"PUBLIC_HOST={raw!r} must be a host name or an IP address, without a "
-                              "scheme, port or path (e.g. avatars.example.com)") from None
-        return name
+    address = _address(raw.strip() or host)
+    if address is None:
+        raise ConfigError(f"PUBLIC_HOST={raw!r} must be a host name or an IP address, without a "
+                          "scheme, port or path (e.g. avatars.example.com)")
+    if isinstance(address, str):
+        return address
     if address.is_unspecified:
         if raw.strip():
             raise ConfigError(f"PUBLIC_HOST={raw!r} is a wildcard, not an address clients can reach")
         return "127.0.0.1"
-    return f"[{address}]" if address.version == 6 else str(address)
+    return url_host(str(address))
 
 
 _HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -95,14 +103,10 @@ def _host_id(raw: str) -> str:
 def _host_address(raw: str) -> str:
     """HOST_ADDRESS: where the API processes (and this host's agent) reach its workers, which
     listen there. A host name or an IP address, not a wildcard."""
-    name = raw.strip() or "127.0.0.1"
-    try:
-        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        if not _HOSTNAME.fullmatch(name) or len(name) > 253:
-            raise ConfigError(f"HOST_ADDRESS={raw!r} must be a host name or an IP address") from None
-        return name
-    if address.is_unspecified:
+    address = _address(raw.strip() or "127.0.0.1")
+    if address is None:
+        raise ConfigError(f"HOST_ADDRESS={raw!r} must be a host name or an IP address")
+    if not isinstance(address, str) and address.is_unspecified:
         raise ConfigError(f"HOST_ADDRESS={raw!r} is a wildcard: name the address other hosts reach this one at")
     return str(address)
 
@@ -195,10 +199,11 @@ class Settings:
             data_dir=data_dir(env).resolve(),
             host=env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST,
             port=_port(env, "AVATAR_MANAGER_PORT", MANAGER_PORT),
+            # HOST_ADDRESS first: PUBLIC_HOST defaults to it, and a bad one is named as itself.
+            host_address=_host_address(env.get("HOST_ADDRESS", "")),
             public_host=_public_host(env.get("PUBLIC_HOST", ""), env.get("HOST_ADDRESS")
                                      or env.get("AVATAR_MANAGER_HOST") or MANAGER_HOST),
             host_id=_host_id(env.get("HOST_ID", "")),
-            host_address=_host_address(env.get("HOST_ADDRESS", "")),
             base_port=_port(env, "AVATAR_BASE_PORT", AVATAR_BASE_PORT),
             max_avatars=number(env, "MAX_AVATARS", 10, 1, int),
             log_dir=Path(env.get("LOG_DIR") or "logs").resolve(),

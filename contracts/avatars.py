@@ -9,9 +9,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 FORMAT = 1
 # The digest a folder had when it was installed (registered, or downloaded by another host), kept
@@ -147,3 +149,33 @@ def sealed_digest(folder: Path) -> str | None:
         return (Path(folder) / DIGEST_FILE).read_text().strip() or None
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def install_folder(data_dir: Path, name: str, target: Path, write: Callable[[Path], None],
+                   unless: Callable[[], bool] = lambda: False) -> None:
+    """Have write() fill a hidden folder beside `target` (avatars/NAME or a folder inside it),
+    then swap it in under avatar NAME's lock: two writers of one folder never mix, the last to
+    finish wins, and the folder is complete or absent. unless(), asked under the lock: the
+    folder in place will do (another process installed the same meanwhile); nothing changes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    old: Path | None = None
+    try:
+        write(staging)
+        with avatar_lock(data_dir, name):
+            if unless():
+                return
+            if target.exists():
+                # Move the old one aside, then the new one in: the name is never missing for long.
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+                os.rename(target, old / target.name)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                if old is not None:
+                    os.rename(old / target.name, target)
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once installed
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

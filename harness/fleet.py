@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import redis
 import requests
 
 from harness import netns
 from harness.processes import end, wait_for
+from harness.redis import start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "tests.fake_worker"
@@ -61,17 +61,8 @@ class Fleet:
         wait_for(self._ready, timeout=30, what="the API ready with every host live")
 
     def _redis(self) -> subprocess.Popen:
-        folder = self.tmp / "redis"
-        folder.mkdir()
-        port = REDIS_PORT
-        self.redis_url = f"redis://{self.net.gateway}:{port}/0"
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", self.net.gateway, "--save", "",
-                                 "--appendonly", "no", "--dir", str(folder), "--protected-mode", "no"],
-                                stdout=open(folder / "redis.log", "wb"), stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
-        wait_for(lambda: _pings(client), timeout=10, what="redis-server")
-        client.close()
-        return proc
+        self.redis_url = f"redis://{self.net.gateway}:{REDIS_PORT}/0"
+        return start_redis(self.tmp / "redis", REDIS_PORT, self.net.gateway, "--protected-mode", "no")
 
     def start_agent(self, host_id: str, host: netns.Host) -> subprocess.Popen:
         env = {**self.env, "HOST_ID": host_id, "HOST_ADDRESS": host.address, "LOG_DIR": str(self.tmp / f"logs-{host_id}")}
@@ -131,10 +122,3 @@ class Fleet:
         self.net.close()
         if self.redis is not None:
             end(self.redis)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False

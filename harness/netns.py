@@ -108,6 +108,7 @@ class Network:
         deadline = time.monotonic() + grace
         for proc in procs:
             end(proc, max(0.1, deadline - time.monotonic()))
+        survivors: dict[str, list[int]] = {}
         for host in self.hosts:
             deadline = time.monotonic() + 5
             while (left := _pids_in(host.name)) and time.monotonic() < deadline:
@@ -117,5 +118,9 @@ class Network:
                     except ProcessLookupError:
                         pass
                 time.sleep(0.05)
+            if left:
+                survivors[host.name] = left
             subprocess.run(["ip", "netns", "del", host.name], capture_output=True, timeout=10)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=10)
+        if survivors:
+            raise RuntimeError(f"processes outlived SIGKILL in the hosts' namespaces: {survivors}")

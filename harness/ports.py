@@ -15,10 +15,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
+def _free(port: int, kind: socket.SocketKind) -> bool:
+    """TCP: free on loopback. UDP: free on every address (a wildcard bind, IPv6 and IPv4 at once
+    where it can), as a worker's WebRTC candidates bind it."""
+    if kind == socket.SOCK_STREAM:
+        family, address = socket.AF_INET, "127.0.0.1"
+    else:
+        dual = socket.has_dualstack_ipv6()
+        family, address = (socket.AF_INET6, "::") if dual else (socket.AF_INET, "0.0.0.0")
+    with socket.socket(family, kind) as s:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((address, port))
         except OSError:
             return False
     return True
@@ -31,12 +40,13 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def free_port_block(width: int) -> int:
-    """The first of `width` consecutive ports free now, below the kernel's range for outgoing
-    connections: one of those could take a worker's port between its lease and its bind."""
+def free_port_block(width: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """The first of `width` consecutive ports (TCP, or `kind`) free now, below the kernel's range
+    for ports it picks itself (outgoing connections, binds to port 0): one of those could take a
+    worker's port between its lease and its bind."""
     for _ in range(200):
         base = random.randrange(10000, _ephemeral_low() - width)
-        if all(_free(p) for p in range(base, base + width)):
+        if all(_free(p, kind) for p in range(base, base + width)):
             return base
     raise RuntimeError(f"no block of {width} free ports")
 

@@ -112,10 +112,10 @@ def serve(argv: list[str]) -> int:
         engine = create_engine(settings.model, settings.batch_size, settings.models_dir)
         avatar = avatars.load(settings.data_dir, settings.avatar_name)
         tts, voice = make_tts(settings)
+        fence.from_env()  # on a fleet of several hosts: end when the host agent stops renewing its lease
     except (ValueError, AvatarError, weights.MissingWeights) as exc:
         print(f"lipsync_worker: {exc}", file=sys.stderr)
         return 2
-    fence.from_env()  # on a fleet of several hosts: end when the host agent stops renewing its lease
     llm = (ChatLLM(settings.llm_url, settings.llm_model, settings.llm_api_key, settings.llm_system_prompt)
            if settings.llm_url else None)
     stage = Stage(IdleAnimation(avatar), engine)

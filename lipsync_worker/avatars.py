@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -28,8 +26,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from contracts.avatars import (DEFAULT_CONFIG, FORMAT, NAME, AvatarError, avatar_dir, avatar_lock, is_livetalking,
-                               read_config)
+from contracts.avatars import (DEFAULT_CONFIG, FORMAT, NAME, AvatarError, avatar_dir, install_folder,
+                               is_livetalking, read_config)
 from contracts.bounds import DEFAULT as DEFAULT_BOUNDS
 from contracts.bounds import Bounds
 
@@ -238,34 +236,6 @@ def write_frames(folder: Path, frames: list[np.ndarray]) -> None:
         cv2.imwrite(str(folder / f"{i:06d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
 
 
-def install_folder(data_dir: Path, name: str, target: Path, write: Callable[[Path], None]) -> None:
-    """Have write() fill a hidden folder beside `target` (avatars/NAME or a folder inside it),
-    then swap it in under avatar NAME's lock: two writers of one folder never mix, the last to
-    finish wins, and the folder is complete or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old: Path | None = None
-    try:
-        write(staging)
-        with avatar_lock(data_dir, name):
-            if target.exists():
-                # Move the old one aside, then the new one in: the name is never missing for long.
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-                os.rename(target, old / target.name)
-            try:
-                os.rename(staging, target)
-            except BaseException:
-                if old is not None:
-                    os.rename(old / target.name, target)
-                raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 # --- loading -----------------------------------------------------------------------------------
 
 class _BoxesUnpickler(pickle.Unpickler):
@@ -324,7 +294,7 @@ def _load_livetalking(path: Path, name: str, config: dict) -> Avatar:
 
 def load_clips(path: Path, size: tuple[int, int]) -> dict[str, list[np.ndarray]]:
     """The avatar folder's clips by audiotype; AvatarError for one that does not fit the avatar.
-    Hidden folders are clips being written (avatars.install_folder)."""
+    Hidden folders are clips being written (contracts.avatars.install_folder)."""
     clips = {}
     folder = path / CLIPS
     for clip in sorted(folder.iterdir()) if folder.is_dir() else []:

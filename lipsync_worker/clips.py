@@ -21,11 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from contracts.avatars import FORMAT, NAME, AvatarError, avatar_dir, read_config
+from contracts.avatars import FORMAT, NAME, AvatarError, avatar_dir, install_folder, read_config
 
 from . import intake
 from .animation import pingpong
-from .avatars import CLIPS, frame_files, install_folder, read_frames, write_frames
+from .avatars import CLIPS, frame_files, read_frames, write_frames
 
 IDLE_TYPES = ("idle", "0", "1")
 ASPECT_TOLERANCE = 0.02          # even-size cropping moves the aspect ratio a little

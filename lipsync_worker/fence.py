@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from contracts.settings import ConfigError, number
+
 log = logging.getLogger("lipsync_worker.fence")
 FENCED_EXIT = 75     # EX_TEMPFAIL: the agent sees a worker that fenced itself
 CHECK_EVERY = 0.25
@@ -46,9 +48,12 @@ def watch(path: Path, after: float, end: Callable[[], None] | None = None) -> th
 
 
 def from_env(env: dict[str, str] | None = None) -> threading.Thread | None:
-    """Watch FENCE_FILE for FENCE_AFTER seconds when the agent set them; None otherwise."""
+    """Watch FENCE_FILE for FENCE_AFTER seconds when the agent set them; None otherwise.
+    ConfigError (a ValueError) for a malformed FENCE_AFTER."""
     env = os.environ if env is None else env
-    path, after = env.get("FENCE_FILE"), env.get("FENCE_AFTER")
-    if not path or not after:
+    path = env.get("FENCE_FILE")
+    if not path:
         return None
-    return watch(Path(path), float(after))
+    if not env.get("FENCE_AFTER"):
+        raise ConfigError("FENCE_FILE is set without FENCE_AFTER (the host agent sets both)")
+    return watch(Path(path), number(env, "FENCE_AFTER", 0.0, 0.5))

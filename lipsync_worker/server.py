@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts import auth
-from contracts.limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES
+from contracts.limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES, MAX_JSON_BYTES
 from contracts.openapi import aiohttp_document, error_responses, load
 from contracts.worker_api import (SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema,
                                   SessionRequestSchema)
@@ -49,7 +49,7 @@ ERROR_RESPONSES = error_responses({
     "BadBody": "a bad body",
     "NoSession": "no such session",
     "Stalled": "the body stopped arriving",
-    "TooLarge": "body larger than 64 KiB",
+    "TooLarge": f"body larger than {MAX_JSON_BYTES} bytes",
     "Unauthorized": auth.REFUSAL,
 })
 UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from harness.avatars import prepare_portrait
 from harness.manager import Manager
 from harness.ports import free_port
 from harness.processes import end
+from harness.redis import start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,34 +104,15 @@ def run(coro):
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server for the whole session; always terminated and reaped."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed; the Redis store tests need it (apt-get install redis-server)")
-    folder = tmp_path_factory.mktemp("redis")
     port = free_port()
-    log = open(folder / "redis.log", "wb")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no",
-                             "--save", "", "--appendonly", "no", "--dir", str(folder)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
     try:
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"redis-server exited with {proc.returncode}: {(folder / 'redis.log').read_text()}")
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"redis-server not answering PING within 10 s: {(folder / 'redis.log').read_text()}")
-                time.sleep(0.05)
-        client.close()
-        yield url
+        proc = start_redis(tmp_path_factory.mktemp("redis"), port)
+    except RuntimeError as exc:
+        pytest.fail(f"the Redis store tests need a redis-server: {exc}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         end(proc)
-        log.close()
 
 
 @pytest.fixture

@@ -110,13 +110,12 @@ def test_a_host_that_dies_has_its_avatars_run_again_elsewhere_once_with_their_us
             os.kill(i["pid"], signal.SIGKILL)
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait(timeout=10)
-    died = time.monotonic()
 
     def moved():
         now = f.instances()
         return now if all(now[a]["host"] != dead and now[a]["state"] == "RUNNING" for a in on_dead) else None
-    after = wait_for(moved, timeout=30, what="the dead host's avatars running on the other hosts")
-    assert time.monotonic() - died < 5 + 20  # the host lease, then a start
+    # The host lease (5 s), then a start.
+    after = wait_for(moved, timeout=25, what="the dead host's avatars running on the other hosts")
     for avatar in on_dead:
         assert after[avatar]["connections"] == 2
         assert f.serving(avatar) == [after[avatar]["host"]]
@@ -156,8 +155,10 @@ def test_a_host_cut_off_fences_its_workers_and_no_avatar_ever_runs_twice(fleet):
     # Back, it learns its avatars went elsewhere and starts none of them again.
     wait_for(lambda: {h["id"]: h["state"] for h in f.get("/status").json()["data"]["hosts"]}[cut] == "live",
              timeout=10, what="the cut-off host live again")
-    time.sleep(1.0)
-    assert all(f.serving(a) == [now[a]["host"]] for a in on_cut)
+    watched = time.monotonic() + 5
+    while time.monotonic() < watched:
+        assert all(f.serving(a) == [now[a]["host"]] for a in on_cut)
+        time.sleep(0.2)
 
 
 def test_a_thousand_concurrent_starts_from_three_api_processes_respect_every_limit(fleet, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from avatar_manager.store.redis import RedisStore
 from avatar_manager.store.sqlite import SqliteStore
 from harness.ports import free_port
 from harness.processes import gone, wait_for
+from harness.redis import start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,26 +40,9 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         self.runs += 1
-        data = self.folder / f"run{self.runs}"  # a fresh directory: nothing to load at start
-        data.mkdir(parents=True)
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed (apt-get install redis-server)"
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no",
-                                      "--save", "", "--appendonly", "no", "--dir", str(data)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            wait_for(lambda: self._answers(client), timeout=10, what="redis-server to answer PING")
-        finally:
-            client.close()
+        # A fresh directory: nothing to load at start.
+        self.proc = start_redis(self.folder / f"run{self.runs}", self.port)
         return self
-
-    def _answers(self, client: redis.Redis) -> bool:
-        assert self.proc.poll() is None, f"redis-server exited with {self.proc.returncode}"
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -3,46 +3,27 @@
 import asyncio
 import errno
 import os
-import random
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from conftest import ROOT, run
 from contracts.settings import ConfigError, port_range
-from harness.ports import free_port
+from harness.ports import free_port, free_port_block
 from harness.viewer import Viewer
 from lipsync_worker.udp_ports import bind_in_range
 
 NOT_HERE = "198.19.255.254"   # an address of no interface of this machine
 
 
-def udp_free(port: int) -> bool:
-    """Nothing has `port` on any address: a wildcard bind (IPv6 and IPv4 at once where it can) succeeds."""
-    dual = socket.has_dualstack_ipv6()
-    with socket.socket(socket.AF_INET6 if dual else socket.AF_INET, socket.SOCK_DGRAM) as s:
-        if dual:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            s.bind(("::" if dual else "0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_udp_ports(width: int) -> range:
     """`width` consecutive UDP ports free now, below the ports the kernel picks for port 0 (which
     the viewers' own sockets get), so only the worker binds there."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        base = random.randrange(10000, ephemeral_low - width)
-        if all(udp_free(p) for p in range(base, base + width)):
-            return range(base, base + width)
-    raise RuntimeError(f"no block of {width} free UDP ports")
+    base = free_port_block(width, socket.SOCK_DGRAM)
+    return range(base, base + width)
 
 
 # --- the setting ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from contracts import auth
+from contracts.limits import MAX_JSON_BYTES
 from contracts.openapi import aiohttp_document, error_responses
 
 from . import protocol
@@ -23,7 +24,6 @@ from .speech import SpeechRequest, parse_request, speak
 
 log = logging.getLogger("tts_services")
 
-MAX_BODY_BYTES = 64 * 1024
 OPEN_PATHS = ("/health", "/openapi.json")   # they reveal nothing a caller could act on
 
 
@@ -70,7 +70,7 @@ async def read_json(request: web.Request) -> object:
 
 
 def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_JSON_BYTES)
     metrics = Metrics(engine.name)
     started = time.monotonic()
 
@@ -248,7 +248,7 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
             if exc.status < 400:
                 raise
             response = _error(exc.status, exc.reason if exc.status != 413 else
-                              f"body larger than {MAX_BODY_BYTES} bytes")
+                              f"body larger than {MAX_JSON_BYTES} bytes")
             if "Allow" in exc.headers:  # a 405 says which methods the path has
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
@@ -273,7 +273,7 @@ def document(app: web.Application, engine: TTSEngine, settings: Settings) -> dic
                              VoicesSchema, HealthSchema])
     spec["components"]["responses"] = error_responses({
         "BadRequest": "The body is not JSON, not an object, or a field is wrong; the message names what is allowed",
-        "TooLarge": f"The body is over {MAX_BODY_BYTES} bytes",
+        "TooLarge": f"The body is over {MAX_JSON_BYTES} bytes",
         "Unavailable": "The voice cannot be produced now (no network, the upstream server down or silent)",
         "Unauthorized": auth.REFUSAL})
     if settings.api_token:

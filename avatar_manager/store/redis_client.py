@@ -13,9 +13,9 @@ Sentinel promotes. On Sentinel, every script and every MULTI/EXEC is therefore f
 WAIT 1 on its own connection (WAIT only counts the writes of the connection it is sent on, and a
 pool hands out any connection, so it cannot be a separate command afterwards): the store answers
 only once a replica has the write, and raises (StoreError) when none acknowledged it in time.
-A script that only reads waits too (the client cannot tell), which returns at once while a
-replica is connected; with none, the store answers StoreError to writes and to list() alike. A
-pipeline of plain reads does not wait.
+A script waits even if it only read (the client cannot tell; the store reads without scripts),
+and a pipeline of plain reads does not wait: with no replica, writes answer StoreError and reads
+still work.
 """
 from __future__ import annotations
 
