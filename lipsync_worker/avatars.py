@@ -87,7 +87,8 @@ def read_frames(source: Path, max_seconds: float, max_side: int,
     """Frames of an image (one) or a video (sampled at 25 fps by their timestamps, cut to
     max_seconds), scaled down as they are read (ten seconds of 4K held at full size would take
     gigabytes). A source frame held for several 1/25 s is one array listed several times, so the
-    work and memory it costs are those of the frames that really exist, whatever their timing.
+    decoding and memory it costs are those of the frames that really exist, whatever their timing
+    (face detection then runs once per array; each 1/25 s is still written as a PNG of its own).
     TooCostly when a frame or the pixels decoded exceed `bounds` (metadata may have lied)."""
     bounds = replace(bounds, max_seconds=max_seconds)
 
