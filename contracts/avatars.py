@@ -27,6 +27,8 @@ DEFAULT_CONFIG = {
     "avatar_model": "puppet",
     "transport": "webrtc",
     "max_session": 8,
+    "asr_model": "sphinx",   # what recognises the viewers' speech (contracts.asr_models)
+    "language": "en",        # what they speak
 }
 
 

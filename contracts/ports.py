@@ -18,6 +18,13 @@ TTS_PORTS = {
     "espeak": 5008,
 }
 
+# One speech recognition server per model, started on demand (asr_services).
+ASR_PORTS = {
+    "sphinx": 5010,
+    "whisper": 5011,
+    "openai": 5012,
+}
+
 # Operator-run servers our TTS bridges call, at their projects' own default ports.
 UPSTREAM_URLS = {
     "sovits": "http://127.0.0.1:9880",      # GPT-SoVITS api_v2.py
