@@ -17,7 +17,7 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True)
 class Settings:
     max_utterance_seconds: float  # longer utterances are ended by the server (sockets) or refused (413)
-    idle_timeout: float           # seconds a socket may send nothing before it is closed
+    idle_timeout: float           # seconds a socket may send nothing, or read nothing, before it is closed
     connect_timeout: float        # seconds to reach the OpenAI-compatible upstream
     read_timeout: float           # seconds it may take to answer
     sphinx_decoders: int          # utterances pocketsphinx recognises at once (~90 MB each)

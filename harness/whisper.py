@@ -3,9 +3,9 @@ the whisper recogniser through its real loading path without the real weights (w
 fetched here).
 
 It keeps every shape and id the loaders rely on and shrinks only the widths: multilingual
-Whisper's vocabulary layout (50257 text tokens, then <|endoftext|>, <|startoftranscript|>, 99
-language tokens, the task and marker tokens, 1501 timestamps: 51865 in all, which is how
-CTranslate2 tells a multilingual model), 80 mel bins and a 30 s window (1500 encoder positions).
+Whisper's vocabulary layout (50257 text tokens, the last of them empty, then <|endoftext|>,
+<|startoftranscript|>, 99 language tokens, the task and marker tokens, 1501 timestamps: 51865 in
+all), 80 mel bins and a 30 s window (1500 encoder positions).
 It is made the way real models are: a transformers checkpoint converted by CTranslate2's
 TransformersConverter, with tokenizer.json and preprocessor_config.json copied beside it.
 """
@@ -22,7 +22,7 @@ from transformers import (GenerationConfig, PreTrainedTokenizerFast, WhisperConf
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 TEXT_TOKENS = 50257                      # GPT-2's byte-level BPE vocabulary, as Whisper's
-LANGUAGE_CODES = list(LANGUAGES)[:99]   # multilingual Whisper before large-v3 (which added yue)
+LANGUAGE_CODES = list(LANGUAGES)[:99]    # multilingual Whisper before large-v3 (which added yue)
 TIMESTAMPS = 1501                        # <|0.00|> .. <|30.00|>
 SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in LANGUAGE_CODES),
             "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
@@ -36,7 +36,7 @@ def tokenizer() -> Tokenizer:
     byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: i for i, symbol in enumerate(byte_symbols)}
     vocab.update({f"w{i}": i for i in range(len(vocab), TEXT_TOKENS - 1)})
-    vocab[""] = TEXT_TOKENS - 1  # multilingual Whisper's vocabulary has it; CTranslate2 tells them by it
+    vocab[""] = TEXT_TOKENS - 1   # multilingual Whisper's has it: CTranslate2 4.8 tells such models by it
     made = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     made.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     made.decoder = decoders.ByteLevel()
