@@ -4,6 +4,7 @@ it, and answers: said back (echo) or through a local OpenAI-compatible LLM (chat
 import asyncio
 import io
 import json
+import subprocess
 import sys
 import time
 import wave
@@ -12,7 +13,7 @@ import aiohttp
 import pytest
 import requests
 
-from conftest import asr_argv, run
+from conftest import ROOT, asr_argv, run
 from harness.avatars import prepare_portrait
 from harness.ports import free_port
 from harness.speech import espeak_pcm, espeak_pcm_now
@@ -240,3 +241,32 @@ def test_an_uploaded_question_without_an_llm_or_a_recogniser_is_refused(worker):
     assert chat == 400 and "LLM_URL" in chat_msg
     assert bad == 400 and "'audio' or 'chat'" in bad_msg
     assert offer == 400 and "LLM_URL" in offer_msg
+
+
+def test_the_vad_finds_each_utterance_and_leaves_out_a_click_without_loading_torch():
+    # In a fresh interpreter: the worker must not pay torch's ~220 MB for its VAD.
+    script = """
+import json
+import sys
+import numpy as np
+from harness.speech import espeak_pcm_now
+from lipsync_worker.vad import WINDOW, VadSettings, VoiceActivity
+speech = np.frombuffer(espeak_pcm_now("What is the weather like today?"), np.int16)
+click = (np.random.default_rng(0).normal(0, 8000, 800)).astype(np.int16)   # 50 ms of noise
+silence = np.zeros(16000, np.int16)
+stream = np.concatenate([silence, speech, silence, click, silence, speech, silence])
+activity, changes = VoiceActivity(VadSettings()), []
+for i in range(0, len(stream) - WINDOW, WINDOW):
+    change = activity.feed(stream[i:i + WINDOW])
+    if change:
+        changes.append([change.value, round(i / 16000, 2), activity.long_enough])
+print(json.dumps(changes), "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    changes, torch_loaded = out.stdout.rsplit(" ", 1)
+    assert torch_loaded.strip() == "False"
+    turns = [c for c in json.loads(changes) if c[0] == "ended" and c[2]]
+    assert len(turns) == 2, changes   # the two questions; the click is no turn
+    starts = [c[1] for c in json.loads(changes) if c[0] == "started"]
+    assert 1.0 <= starts[0] < 1.2, changes
