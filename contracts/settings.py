@@ -3,6 +3,7 @@ at start with a one-line reason that names the variable."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlparse
 
 
 class ConfigError(ValueError):
@@ -33,3 +34,15 @@ def port_range(env: dict, name: str) -> range | None:
     if bounds is None or not 1024 <= int(bounds[1]) <= int(bounds[2]) <= 65535:
         raise ConfigError(f"{name}={raw!r} must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, e.g. 40000-40099")
     return range(int(bounds[1]), int(bounds[2]) + 1)
+
+
+def url(env: dict, name: str, default: str | None) -> str | None:
+    """An http(s) URL setting from `env` without its trailing slash; `default` when unset.
+    ConfigError names the variable when it is not such a URL."""
+    raw = env.get(name) or default
+    if raw is None:
+        return None
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
+    return raw.rstrip("/")
