@@ -46,19 +46,23 @@ CLI_TIMEOUT = 15.0    # seconds for a component's own command (the TTS server's 
 INSTALL = "run ./start.sh install"
 ROOT = Path(__file__).resolve().parent.parent
 
-# (import name, distribution) of every package the manager, the workers and the TTS servers import.
+# (import name, distribution) of every package the manager, the workers and the TTS and ASR servers import.
 PACKAGES = [
     ("flask", "flask"), ("flask_cors", "flask-cors"), ("gunicorn", "gunicorn"), ("redis", "redis"),
     ("psutil", "psutil"), ("pynvml", "nvidia-ml-py"), ("aiohttp", "aiohttp"), ("aiortc", "aiortc"),
     ("av", "av"), ("cv2", "opencv-python-headless"), ("numpy", "numpy"),
     ("prometheus_client", "prometheus-client"), ("edge_tts", "edge-tts"),
     ("espeakng_loader", "espeakng-loader"), ("soxr", "soxr"), ("num2words", "num2words"),
+    ("pocketsphinx", "pocketsphinx"), ("faster_whisper", "faster-whisper"),
 ]
 
 EDGE_TTS_HOST = "speech.platform.bing.com"
-WHISPER_MODEL = "small"   # FIXME: asr_services' default
-WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
-WHISPER_DOWNLOAD = "python -m asr_services download-models"
+# The whisper ASR server's weights, as asr_services/whisper_weights.py lays them out (the manager
+# runs that package, never imports it): MODELS_DIR/whisper/<WHISPER_MODEL>, a size, or an
+# absolute path.
+WHISPER_SIZE = "small"
+WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.*")
+WHISPER_DOWNLOAD = "python -m asr_services download-models --whisper SIZE"
 
 
 @dataclass
@@ -397,8 +401,9 @@ def _espeak(ctx: Context) -> dict:
 def _asr_problem(ctx: Context, model: str) -> tuple[str, str] | None:
     """(why, fix) when the ASR server of `model` would exit at start here."""
     if model == "whisper":
-        folder = weights.models_dir(ctx.env).resolve() / "whisper" / (ctx.env.get("WHISPER_MODEL") or WHISPER_MODEL)
-        absent = [f for f in WHISPER_FILES if not (folder / f).is_file()]
+        # An absolute WHISPER_MODEL replaces what comes before it in the join.
+        folder = weights.models_dir(ctx.env).resolve() / "whisper" / (ctx.env.get("WHISPER_MODEL") or WHISPER_SIZE)
+        absent = [f for f in WHISPER_FILES if not any(folder.glob(f))]
         if absent:
             return f"no whisper weights: {folder} lacks {', '.join(absent)}", f"run '{WHISPER_DOWNLOAD}'"
     if model == "openai" and not ctx.env.get("ASR_URL"):

@@ -181,6 +181,18 @@ def test_without_nvml_instances_run_on_the_cpu(tmp_path):
     assert run.has("warn", "GPUs: none", "Driver Not Loaded", "instances run on the CPU"), run.text
 
 
+def test_whisper_weights_in_place_are_found(tmp_path):
+    env = base_env(tmp_path)
+    native_avatar(tmp_path / "data", "ears", asr_model="whisper")
+    size = Path(env["MODELS_DIR"]) / "whisper" / "tiny"
+    size.mkdir(parents=True)
+    for name in ("model.bin", "config.json", "tokenizer.json", "vocabulary.json"):
+        (size / name).write_text("{}")
+    assert doctor(env).has("warn", "avatar ears:", "no whisper weights")
+    run = doctor({**env, "WHISPER_MODEL": "tiny"})
+    assert run.has("ok", "avatar ears:", "whisper ASR") and not run.has("warn", "avatar ears:"), run.text
+
+
 def test_musetalk_weights_in_place_are_found(tmp_path):
     env = base_env(tmp_path)
     models = Path(env["MODELS_DIR"])
