@@ -16,7 +16,7 @@ from contracts.musetalk_weights import models_dir
 from contracts.ports import ASR_PORTS
 from contracts.settings import ConfigError
 
-from . import whisper_weights
+from contracts import whisper_weights
 from .models import create_recognizer
 from .server import create_app
 from .settings import Settings

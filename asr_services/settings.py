@@ -9,7 +9,7 @@ from contracts.auth import token_from
 from contracts.musetalk_weights import models_dir
 from contracts.settings import ConfigError, number, url
 
-from . import whisper_weights
+from contracts import whisper_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -31,6 +31,7 @@ from typing import Callable
 
 from contracts import asr_models
 from contracts import musetalk_weights as weights
+from contracts import whisper_weights
 from contracts.avatars import FORMAT, NAME, avatar_dir, is_livetalking, prepare_command, read_config
 from contracts.engines import ENGINES, needs_gpu
 
@@ -57,12 +58,6 @@ PACKAGES = [
 ]
 
 EDGE_TTS_HOST = "speech.platform.bing.com"
-# The whisper ASR server's weights, as asr_services/whisper_weights.py lays them out (the manager
-# runs that package, never imports it): MODELS_DIR/whisper/<WHISPER_MODEL>, a size, or an
-# absolute path.
-WHISPER_SIZE = "small"
-WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.*")
-WHISPER_DOWNLOAD = "python -m asr_services download-models --whisper SIZE"
 
 
 @dataclass
@@ -401,11 +396,12 @@ def _espeak(ctx: Context) -> dict:
 def _asr_problem(ctx: Context, model: str) -> tuple[str, str] | None:
     """(why, fix) when the ASR server of `model` would exit at start here."""
     if model == "whisper":
-        # An absolute WHISPER_MODEL replaces what comes before it in the join.
-        folder = weights.models_dir(ctx.env).resolve() / "whisper" / (ctx.env.get("WHISPER_MODEL") or WHISPER_SIZE)
-        absent = [f for f in WHISPER_FILES if not any(folder.glob(f))]
+        size = ctx.env.get("WHISPER_MODEL") or whisper_weights.DEFAULT_SIZE
+        folder = whisper_weights.folder(weights.models_dir(ctx.env).resolve(), size)
+        absent = whisper_weights.missing(folder)
         if absent:
-            return f"no whisper weights: {folder} lacks {', '.join(absent)}", f"run '{WHISPER_DOWNLOAD}'"
+            return (f"no whisper weights: {folder} lacks {', '.join(absent)}",
+                    f"run '{whisper_weights.DOWNLOAD_COMMAND.format(size=folder.name)}'")
     if model == "openai" and not ctx.env.get("ASR_URL"):
         return "ASR_URL is not set", "set ASR_URL to an OpenAI-compatible transcription service"
     return None
