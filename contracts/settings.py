@@ -33,3 +33,15 @@ def port_range(env: dict, name: str) -> range | None:
     if bounds is None or not 1024 <= int(bounds[1]) <= int(bounds[2]) <= 65535:
         raise ConfigError(f"{name}={raw!r} must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, e.g. 40000-40099")
     return range(int(bounds[1]), int(bounds[2]) + 1)
+
+
+def switch(env: dict, name: str, default: bool) -> bool:
+    """An on/off setting: 1, true, yes, on or 0, false, no, off (any case)."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={env.get(name)!r} must be on or off (1/0, true/false, yes/no)")

@@ -34,6 +34,14 @@ class OfferSchema(Body):
     sdp = fields.String(required=True, validate=validate.Length(min=1, error="must be a non-empty SDP offer"),
                         metadata={"description": "the browser's SDP offer"})
     type = fields.String(required=True, validate=validate.OneOf(["offer"], error='must be "offer"'))
+    # For an offer that sends the viewer's microphone (an audio track sendrecv or sendonly).
+    mode = fields.String(load_default=None, validate=validate.OneOf(["echo", "chat"], error="must be 'echo' or 'chat'"),
+                         metadata={"description": "what the viewer's recognised speech gets: chat, an LLM's "
+                                                  "reply (the default where the worker has an LLM); echo, "
+                                                  "said back"})
+    barge_in = fields.Boolean(load_default=None,
+                              metadata={"description": "whether the viewer speaking silences the avatar "
+                                                       "(default: BARGE_IN, on)"})
 
 
 class AnswerSchema(Body):
@@ -62,6 +70,10 @@ class HumanAudioSchema(Body):
     file = fields.Raw(required=True, metadata={"type": "string", "format": "binary",
                                                "description": "a wav, mp3, ogg or flac file of at most 20 MB and "
                                                               "MAX_AUDIO_SECONDS (120 s)"})
+    type = fields.String(load_default="audio",
+                         validate=validate.OneOf(["audio", "chat"], error="must be 'audio' or 'chat'"),
+                         metadata={"description": "audio: lip-sync the file as it is; chat: recognise the "
+                                                  "speech in it and say an LLM's reply"})
 
 
 class SessionRequestSchema(Body):
@@ -75,6 +87,14 @@ class EventsQuerySchema(Body):
 class DoneSchema(Body):
     code = fields.Integer(required=True, validate=validate.Equal(0))
     msg = fields.String(required=True)
+
+
+class HeardSchema(Body):
+    code = fields.Integer(required=True, validate=validate.Equal(0))
+    msg = fields.String(required=True)
+    data = fields.Dict(metadata={"description": "type chat: what was recognised in the file (its text), "
+                                                "which the reply answers; absent for type audio",
+                                 "example": {"text": "what is the weather like"}})
 
 
 class SpeakingSchema(Body):
@@ -141,5 +161,5 @@ class RecordedSchema(Body):
                                  "example": {"seconds": 3.04, "dropped_frames": 0}})
 
 
-SCHEMAS = [OfferSchema, AnswerSchema, HumanSchema, HumanAudioSchema, SessionRequestSchema, DoneSchema,
+SCHEMAS = [OfferSchema, AnswerSchema, HumanSchema, HumanAudioSchema, SessionRequestSchema, DoneSchema, HeardSchema,
            SpeakingSchema, ErrorSchema, HealthSchema, RecordSchema, SetAudiotypeSchema, RecordedSchema]

@@ -1,24 +1,31 @@
-"""Spoken test input: a WAV file of the project's offline voice (espeak) saying a sentence, between
-silences. Chromium plays it as a fake microphone (--use-file-for-fake-audio-capture), looping it,
-and the silences let a voice activity detector find where each utterance ends."""
+"""Speech to speak to the avatar with: espeak's voice, as the 16 kHz mono s16le PCM a viewer's
+microphone sends (harness.viewer.Microphone) and the recognition servers take, or as a WAV file
+between silences that Chromium plays as a fake microphone (--use-file-for-fake-audio-capture,
+looping it); the silences let the voice activity detector find where each utterance ends."""
 from __future__ import annotations
 
 import asyncio
 import wave
 from pathlib import Path
 
-from tts_services.engines.espeak import EspeakEngine
 from tts_services.audio import SAMPLE_RATE
+from tts_services.client import LocalTTS
 
-# Heard whole by pocketsphinx's English model through WebRTC (its weak model mishears most
-# espeak sentences; "What is the weather today?" comes through word for word).
+# Heard whole by pocketsphinx's English model, even through a browser's WebRTC (it mishears most
+# espeak sentences; in this one it gets every word).
 SENTENCE = "What is the weather today?"
 
 
-async def _speak(text: str, voice_name: str) -> bytes:
-    engine = EspeakEngine()
-    voice = next(v for v in engine.voices() if v.name == voice_name)
-    return b"".join([chunk.pcm async for chunk in engine.synthesize(text, voice, voice.lang)])
+async def espeak_pcm(text: str, voice: str | None = None) -> bytes:
+    pcm = bytearray()
+    async for chunk in LocalTTS().stream(text, voice=voice):
+        pcm += chunk.pcm
+    return bytes(pcm)
+
+
+def espeak_pcm_now(text: str, voice: str | None = None) -> bytes:
+    """espeak_pcm, outside an event loop."""
+    return asyncio.run(espeak_pcm(text, voice))
 
 
 def _silence(seconds: float) -> bytes:
@@ -26,13 +33,11 @@ def _silence(seconds: float) -> bytes:
 
 
 def speech_wav(path: Path, text: str = SENTENCE, silence_before: float = 2.0, silence_after: float = 2.0,
-               voice: str = "en-us") -> Path:
-    """Write `text` spoken by espeak's `voice`, as 16 kHz mono 16-bit PCM, between silences of
-    the given seconds; returns the path."""
-    pcm = asyncio.run(_speak(text, voice))
+               voice: str | None = None) -> Path:
+    """Write `text` in espeak's voice, 16 kHz mono 16-bit, between silences of the given seconds."""
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(SAMPLE_RATE)
-        wav.writeframes(_silence(silence_before) + pcm + _silence(silence_after))
+        wav.writeframes(_silence(silence_before) + espeak_pcm_now(text, voice) + _silence(silence_after))
     return path

@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import fractions
+import json
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+
+MIC_RATE = 16000
+MIC_PACKET = MIC_RATE // 50     # 20 ms
 
 
 @dataclass
@@ -19,13 +25,71 @@ class Received:
     # receiver holds 4 packets (80 ms) in its jitter buffer: what the sender sent, and when.
     rtp_levels: list[tuple[float, int]] = field(default_factory=list)
     mouth: list[tuple[float, np.ndarray]] = field(default_factory=list)   # (arrival, grey mouth crop)
+    events: list[tuple[float, dict]] = field(default_factory=list)        # (arrival, data channel message)
+
+    def named(self, name: str) -> list[dict]:
+        return [event for _, event in self.events if event["event"] == name]
+
+
+class Microphone(MediaStreamTrack):
+    """A viewer's microphone: silence, and what say() is given, sent in real time in 20 ms
+    frames; `said` holds when each utterance's first and last samples went out."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: list[np.ndarray] = []      # utterances, each int16 at MIC_RATE
+        self._position = 0                      # in the first utterance
+        self._start: float | None = None
+        self._pts = 0
+        self.said: list[list[float]] = []       # [first sample sent, last sample sent] per utterance
+
+    def say(self, pcm: bytes) -> None:
+        """Queue 16 kHz mono s16le speech after what is queued."""
+        self._queue.append(np.frombuffer(pcm, "<i2"))
+
+    @property
+    def saying(self) -> bool:
+        return bool(self._queue)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._pts / MIC_RATE - time.monotonic()))
+        samples = np.zeros(MIC_PACKET, np.int16)
+        if self._queue:
+            utterance = self._queue[0]
+            if self._position == 0:
+                self.said.append([time.monotonic(), 0.0])
+            chunk = utterance[self._position:self._position + MIC_PACKET]
+            samples[:len(chunk)] = chunk
+            self._position += len(chunk)
+            if self._position >= len(utterance):
+                self.said[-1][1] = time.monotonic()
+                self._queue.pop(0)
+                self._position = 0
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = MIC_RATE
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, MIC_RATE)
+        self._pts += MIC_PACKET
+        return frame
 
 
 class Viewer:
-    def __init__(self, url: str, mouth: tuple[int, int, int, int] | None = None, decode_video: bool = True) -> None:
+    """microphone: sent to the worker (an audio track sendrecv); events: open an "events" data
+    channel and keep what comes on it; offer: more fields of the offer (mode, barge_in)."""
+
+    def __init__(self, url: str, mouth: tuple[int, int, int, int] | None = None, decode_video: bool = True,
+                 microphone: Microphone | None = None, events: bool = False, **offer) -> None:
         self.url = url
         self.mouth = mouth
         self.decode_video = decode_video
+        self.microphone = microphone
+        self.events = events
+        self.offer = offer
         self.received = Received()
         self.sessionid: int | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -33,11 +97,18 @@ class Viewer:
 
     async def connect(self, http: aiohttp.ClientSession, timeout: float = 10.0) -> "Viewer":
         self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
+        if self.microphone is None:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        else:
+            self.pc.addTransceiver(self.microphone, direction="sendrecv")
         self.pc.on("track", self._on_track)
+        if self.events:
+            channel = self.pc.createDataChannel("events")
+            channel.on("message", lambda message: self.received.events.append((time.monotonic(), json.loads(message))))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with http.post(self.url + "/offer", json={"sdp": self.pc.localDescription.sdp,
-                                                        "type": self.pc.localDescription.type}) as response:
+                                                        "type": self.pc.localDescription.type,
+                                                        **self.offer}) as response:
             answer = await response.json()
             if response.status != 200:
                 raise RuntimeError(f"/offer answered {response.status}: {answer}")

@@ -27,6 +27,10 @@ class Event:
         """The event as server-sent events put it on the wire (json.dumps escapes newlines)."""
         return f"event: {self.name}\ndata: {json.dumps(self.data, ensure_ascii=False)}\n\n".encode()
 
+    def message(self) -> str:
+        """The event as a data channel message: the name goes inside, as "event"."""
+        return json.dumps({"event": self.name, **self.data}, ensure_ascii=False)
+
 
 class Subscriber:
     """One reader's queue; `None` from get() means its stream is over."""
@@ -66,11 +70,12 @@ class EventBus:
     def __len__(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, name: str, sessionid: int, **fields) -> None:
+    def publish(self, name: str, sessionid: int, **fields) -> Event:
         event = Event(name, {"sessionid": sessionid, "time": time.time(), **fields})
         for subscriber in list(self._subscribers):
             if subscriber.wants(event) and not subscriber.offer(event):
                 self.unsubscribe(subscriber)
+        return event
 
     def subscribe(self, sessionid: int | None = None) -> Subscriber:
         """A new reader of every event, or of one session's; ended at once if the bus is closed."""

@@ -20,6 +20,14 @@ class Metrics:
         self.speaking = Gauge("worker_speaking_sessions", "Sessions speaking now", registry=r)
         self.queue_depth = Gauge("worker_queue_depth", "Frames waiting in track queues", ["kind"], registry=r)
         self.utterances = Counter("worker_utterances_total", "Texts and audio files spoken", ["type"], registry=r)
+        # Talking by voice (listening.py, turns.py)
+        seconds = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2, 5)
+        self.turn_stage = Histogram("worker_turn_stage_seconds", "From the end of a viewer's speech to each "
+                                    "stage of the answer", ["stage"], buckets=seconds, registry=r)
+        self.barge_in = Histogram("worker_barge_in_seconds", "From the first window of a viewer's speech "
+                                  "arriving to the avatar silenced", buckets=seconds, registry=r)
+        self.turns = Counter("worker_speech_turns_total", "Viewers' speech by outcome (answered, "
+                             "too_short, unrecognised, asr_failed)", ["outcome"], registry=r)
 
 
 METRICS = Metrics()

@@ -21,10 +21,12 @@ from contracts.limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES, MAX_JSON_BYTES
 from contracts.openapi import aiohttp_document, error_responses, load
 from contracts.worker_api import (SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema,
                                   SessionRequestSchema)
+from asr_services.client import ASRClient, ASRError
 from tts_services.audio import AudioTooLong, decode_file
 from tts_services.engines.base import AudioChunk
 
 from .avatars import Avatar
+from .listening import Listener
 from .llm import ChatLLM
 from .media import Stage
 from .metrics import METRICS
@@ -34,6 +36,7 @@ from .recording import Recorder
 from .session import CapacityError, Session, Sessions, chat_reply, sentence
 from .settings import WorkerSettings
 from .speech import SAMPLE_RATE, text_seconds
+from .turns import Turn
 from .udp_ports import bind_in_range
 
 log = logging.getLogger("lipsync_worker")
@@ -83,19 +86,53 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             raise ClientError(404, f"no session {session_id}: it closed, expired, or never existed")
         return session
 
+    asr = ASRClient(settings.asr_server, settings.api_token)
+
     def speak(text: str):
         return tts.stream(text, voice=voice)
 
-    def check_room(session: Session, seconds: float, interrupting: bool = False) -> None:
-        """429 when `seconds` more speech would take the session's queue past
-        MAX_QUEUED_SPEECH_SECONDS. An idle session (or one being interrupted) takes any single
-        request: its size is bounded by MAX_TEXT_CHARS or MAX_AUDIO_SECONDS already."""
+    def no_room(session: Session, seconds: float, interrupting: bool = False) -> str | None:
+        """Why `seconds` more speech would take the session's queue past MAX_QUEUED_SPEECH_SECONDS,
+        or None. An idle session (or one being interrupted) takes any single request: its size is
+        bounded by MAX_TEXT_CHARS or MAX_AUDIO_SECONDS already."""
         queued = 0.0 if interrupting else session.queued_seconds
         limit = settings.max_queued_speech_seconds
         if queued and queued + seconds > limit:
-            raise ClientError(429, f"session {session.id} has {queued:.0f} s of speech still to say and this adds "
-                                   f"~{seconds:.0f} s, past MAX_QUEUED_SPEECH_SECONDS={limit:g}; send it when "
-                                   "more has been said, or with interrupt: true")
+            return (f"session {session.id} has {queued:.0f} s of speech still to say and this adds "
+                    f"~{seconds:.0f} s, past MAX_QUEUED_SPEECH_SECONDS={limit:g}")
+        return None
+
+    def check_room(session: Session, seconds: float, interrupting: bool = False) -> None:
+        """429 when there is no room (no_room)."""
+        why = no_room(session, seconds, interrupting)
+        if why is not None:
+            raise ClientError(429, f"{why}; send it when more has been said, or with interrupt: true")
+
+    def respond(session: Session, text: str, kind: str, turn: Turn | None = None) -> None:
+        """Say `text` (echo), or an LLM's reply to it (chat)."""
+        seconds = text_seconds(text)  # a chat turn is reckoned by its question; its reply counts as it is made
+        if kind == "echo":
+            session.talk(sentence(text, speak(text)), "echo", seconds, turn)
+        else:
+            session.talk(chat_reply(llm, session, text, speak, turn), "chat", seconds, turn)
+
+    def answer_speech(session: Session, text: str, turn: Turn) -> None:
+        why = no_room(session, text_seconds(text))
+        if why is not None:
+            session.publish("error", message=f"{why}: not answered")
+            return
+        respond(session, text, session.mode, turn)
+
+    def listen(session: Session, track) -> None:
+        listener = Listener(session, track, settings.vad, asr, settings.language, answer_speech)
+        session.listening = asyncio.create_task(listener.run())
+
+    sessions.listen = listen
+
+    def chat_needs_llm() -> None:
+        if llm is None:
+            raise ClientError(400, "chat needs an LLM: set LLM_URL (an OpenAI-compatible API base), "
+                                   "LLM_MODEL and LLM_API_KEY for this worker")
 
     async def offer(request: web.Request) -> web.Response:
         """Start a WebRTC session: the browser's SDP offer in, the worker's answer out.
@@ -125,10 +162,14 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             body = load(OfferSchema(), await read_json(request))
         except ValueError as exc:
             raise ClientError(400, f'expected {{"sdp": "<SDP offer>", "type": "offer"}}: {exc}') from None
+        mode = body["mode"] or ("chat" if llm is not None else "echo")
+        if mode == "chat":
+            chat_needs_llm()
+        barge_in = settings.barge_in if body["barge_in"] is None else body["barge_in"]
         if not engine.ready:
             raise ClientError(503, f"the {engine.name} engine is still loading; try again when /health says ready")
         try:
-            session = await sessions.offer(body["sdp"], body["type"], request.remote or "")
+            session = await sessions.offer(body["sdp"], body["type"], request.remote or "", mode, barge_in)
         except CapacityError as exc:
             raise ClientError(429, str(exc)) from None
         except ValueError as exc:
@@ -161,33 +202,27 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         text, kind = body["text"], body["type"]
         if len(text) > settings.max_text_chars:
             raise ClientError(400, f"text is {len(text)} characters; the limit is {settings.max_text_chars}")
-        if kind == "chat" and llm is None:
-            raise ClientError(400, "chat needs an LLM: set LLM_URL (an OpenAI-compatible API base), "
-                                   "LLM_MODEL and LLM_API_KEY for this worker")
-        # A chat turn is reckoned by its question; its reply counts as it is synthesised.
-        seconds = text_seconds(text)
-        check_room(session, seconds, interrupting=body["interrupt"])
+        if kind == "chat":
+            chat_needs_llm()
+        check_room(session, text_seconds(text), interrupting=body["interrupt"])
         if body["interrupt"]:
             session.interrupt()
-        if kind == "echo":
-            session.talk(sentence(text, speak(text)), "echo", seconds)
-        else:
-            session.talk(chat_reply(llm, session, text, speak), "chat", seconds)
+        respond(session, text, kind)
         return _ok(msg="ok")
 
     async def human_audio(request: web.Request) -> web.Response:
-        """Say what an audio file says, lips and all.
+        """Say what an audio file says, lips and all; or (type chat) answer what it says.
         ---
         post:
-          summary: Speak an uploaded audio file
+          summary: Speak an uploaded audio file, or answer the speech in it
           requestBody:
             required: true
             content:
               multipart/form-data:
                 schema: HumanAudio
           responses:
-            200: {description: queued, content: {application/json: {schema: Done}}}
-            400: {description: not a form with sessionid and a readable audio file, content: {application/json: {schema: Error}}}
+            200: {description: queued (type chat - what was heard; nothing is said when that is empty), content: {application/json: {schema: Heard}}}
+            400: {description: "not a form with sessionid and a readable audio file, or chat without an LLM", content: {application/json: {schema: Error}}}
             404: {$ref: '#/components/responses/NoSession'}
             408: {description: the form did not arrive in time, content: {application/json: {schema: Error}}}
             413:
@@ -196,10 +231,13 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             429:
               description: the session has MAX_QUEUED_SPEECH_SECONDS of speech queued already
               content: {application/json: {schema: Error}}
+            503: {description: "type chat: the speech recognition server is unavailable", content: {application/json: {schema: Error}}}
         """
         form = await read_form(request)
-        fields = checked(HumanAudioSchema, {k: form[k] for k in ("sessionid", "file") if k in form})
+        fields = checked(HumanAudioSchema, {k: form[k] for k in ("sessionid", "file", "type") if k in form})
         session = find(fields["sessionid"])
+        if fields["type"] == "chat":
+            chat_needs_llm()
         upload = fields["file"]
         if isinstance(upload, str):
             raise ClientError(400, "file: must be an uploaded wav, mp3 or ogg file, not a text field")
@@ -216,6 +254,17 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         except ValueError as exc:
             raise ClientError(400, f"{upload.filename or 'file'}: {exc}") from None
         session = find(fields["sessionid"])   # it may have closed while the file was decoded
+        if fields["type"] == "chat":
+            try:
+                text = await asr.transcribe(pcm, settings.language)
+            except ASRError as exc:
+                raise ClientError(503, f"speech recognition unavailable: {exc}") from None
+            session = find(fields["sessionid"])
+            session.publish("transcript", text=text)
+            if text.strip():
+                check_room(session, text_seconds(text))
+                respond(session, text, "chat")
+            return _ok(msg="ok", data={"text": text})
         seconds = len(pcm) / 2 / SAMPLE_RATE
         check_room(session, seconds)
 
@@ -274,9 +323,14 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             Each event is `event: NAME` and `data: {"sessionid": N, "time": UNIX_SECONDS, ...}`:
             connected; speaking_started; text {kind: echo|chat|audio, text} as a sentence's speech
             begins; reply {delta} as an LLM reply streams; reply_end {text}; speaking_ended
-            {interrupted}; closed {reason}. A `: keep-alive` comment comes every 15 s. A reader
-            that falls far behind is disconnected. With sessionid, only that session's events,
-            and the stream ends after its `closed`.
+            {interrupted}; closed {reason}. From a viewer's microphone: speech_started {barge_in:
+            whether it silenced the avatar}; speech_ended {seconds, ignored: too short to be a
+            turn}; transcript_partial {text} as it is recognised; transcript {text}, the final one
+            (empty when nothing was recognised, and then nothing is answered); error {message}.
+            The same events, as JSON with the name in "event", go to every WebRTC data channel the
+            viewer opened. A `: keep-alive` comment comes every 15 s. A reader that falls far
+            behind is disconnected. With sessionid, only that session's events, and the stream
+            ends after its `closed`.
           parameters:
             - in: query
               name: sessionid

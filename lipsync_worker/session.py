@@ -6,7 +6,8 @@ import logging
 import secrets
 from typing import AsyncIterator, Callable
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCRtpSender,
+                    RTCSessionDescription)
 
 from tts_services.client import TTSError
 from tts_services.engines.base import AudioChunk
@@ -20,6 +21,7 @@ from .metrics import METRICS
 from .narration import NarratedSpeech
 from .recording import Recording
 from .speech import SAMPLE_RATE
+from .turns import Turn
 
 log = logging.getLogger("lipsync_worker.session")
 
@@ -27,6 +29,8 @@ HISTORY_MESSAGES = 20  # chat turns remembered per session
 # What a session says: (sentence, its audio) pairs, made as they are needed.
 Sentences = AsyncIterator[tuple[str, AsyncIterator[AudioChunk]]]
 VP8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
+# A data channel whose reader takes nothing gets no more events past this many unsent bytes.
+CHANNEL_BACKLOG = 1 << 20
 
 
 class CapacityError(Exception):
@@ -35,11 +39,17 @@ class CapacityError(Exception):
 
 class Session:
     def __init__(self, session_id: int, pc: RTCPeerConnection, engine_state: object, events: EventBus,
-                 client: str = "") -> None:
+                 client: str = "", mode: str = "echo", barge_in: bool = True) -> None:
         self.id = session_id
         self.pc = pc
         self.client = client   # the address its offer came from
         self.events = events
+        self.channels: list[RTCDataChannel] = []   # the viewer's data channels: its events go there too
+        # The viewer's microphone (listening.py): what its speech gets (echo or chat), and whether
+        # it silences the avatar.
+        self.mode = mode
+        self.barge_in = barge_in
+        self.listening: asyncio.Task | None = None
         self.video = QueueTrack("video")
         self.audio = QueueTrack("audio")
         self.speech = NarratedSpeech(self.publish, self._producing)
@@ -58,7 +68,10 @@ class Session:
         self.recording: Recording | None = None
 
     def publish(self, name: str, **fields) -> None:
-        self.events.publish(name, self.id, **fields)
+        event = self.events.publish(name, self.id, **fields)
+        for channel in self.channels:
+            if channel.readyState == "open" and channel.bufferedAmount < CHANNEL_BACKLOG:
+                channel.send(event.message())
 
     def _producing(self) -> bool:
         return any(not t.done() for t in self._talks)
@@ -73,10 +86,10 @@ class Session:
         length of what is not synthesised yet (speech.text_seconds)."""
         return (self.speech.pending + sum(self._talks.values())) / SAMPLE_RATE
 
-    def talk(self, sentences: Sentences, kind: str, seconds: float) -> None:
+    def talk(self, sentences: Sentences, kind: str, seconds: float, turn: Turn | None = None) -> None:
         """Queue an utterance reckoned to last `seconds`; it plays after what is already queued,
-        streaming as it comes."""
-        task = asyncio.create_task(self._talk(sentences, kind))
+        streaming as it comes. `turn`: the spoken turn it answers, timed to its first sound."""
+        task = asyncio.create_task(self._talk(sentences, kind, turn))
         self._talks[task] = int(seconds * SAMPLE_RATE)
         task.add_done_callback(self._talked)
 
@@ -86,7 +99,7 @@ class Session:
         # Synthesis may end after the last samples played: the silence starts now, then.
         self.speech.settle()
 
-    async def _talk(self, sentences: Sentences, kind: str) -> None:
+    async def _talk(self, sentences: Sentences, kind: str, turn: Turn | None) -> None:
         me = asyncio.current_task()
         async with self._turn:
             METRICS.utterances.labels(kind).inc()
@@ -97,6 +110,10 @@ class Session:
                         if not started:
                             self.speech.begin_sentence(kind, text)
                             started = True
+                        if turn is not None:
+                            turn.mark("tts_first_audio")
+                            self.speech.when_taken(lambda: turn.mark("first_audio_sent"))
+                            turn = None
                         self.speech.append(chunk)
                         # Synthesised now: it counts in speech.pending instead.
                         self._talks[me] = max(0, self._talks[me] - len(chunk.pcm) // 2)
@@ -117,6 +134,8 @@ class Session:
     async def close(self) -> None:
         if self.expiry is not None and self.expiry is not asyncio.current_task():
             self.expiry.cancel()
+        if self.listening is not None:
+            self.listening.cancel()
         self.interrupt()
         self.video.stop()
         self.audio.stop()
@@ -141,6 +160,8 @@ class Sessions:
         self._ice_servers = ice_servers
         self._connect_timeout = connect_timeout
         self._sessions: dict[int, Session] = {}
+        # What a viewer's microphone track is handed to (the server sets it: it holds the recogniser).
+        self.listen: Callable[[Session, MediaStreamTrack], None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -155,9 +176,11 @@ class Sessions:
         """Sessions offered from `client` and not connected yet."""
         return sum(1 for s in self._sessions.values() if s.client == client and s.pc.connectionState != "connected")
 
-    async def offer(self, sdp: str, kind: str, client: str = "") -> Session:
+    async def offer(self, sdp: str, kind: str, client: str = "", mode: str = "echo",
+                    barge_in: bool = True) -> Session:
         """Answer the offer of a browser at address `client`; ValueError for a bad SDP,
-        CapacityError when full or when that client has too many offers still connecting."""
+        CapacityError when full or when that client has too many offers still connecting.
+        An offer that sends audio (sendrecv or sendonly) gives the worker the viewer's voice."""
         limit = self.max_connecting_per_client
         if limit is not None and self.connecting(client) >= limit:
             raise CapacityError(f"{client} already has {limit} sessions still connecting "
@@ -170,8 +193,18 @@ class Sessions:
         while session_id in self._sessions:
             session_id = secrets.randbelow(900000) + 100000
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
-        session = Session(session_id, pc, self._engine_state(), self.events, client)
+        session = Session(session_id, pc, self._engine_state(), self.events, client, mode, barge_in)
         self._sessions[session_id] = session  # holds the slot while the answer is made
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and self.listen is not None:
+                self.listen(session, track)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            session.channels.append(channel)
+
         try:
             pc.addTrack(session.audio)
             # VP8 only: idle viewers share one VP8 encoding (media.SharedEncoder).
@@ -231,7 +264,7 @@ def sentence(text: str, chunks: AsyncIterator[AudioChunk]) -> Sentences:
 
 
 def chat_reply(llm: ChatLLM, session: Session, text: str,
-               speak: Callable[[str], AsyncIterator[AudioChunk]]) -> Sentences:
+               speak: Callable[[str], AsyncIterator[AudioChunk]], turn: Turn | None = None) -> Sentences:
     """The utterance of a chat turn: the LLM's reply, published as it streams and spoken
     sentence by sentence."""
     async def sentences() -> Sentences:
@@ -239,6 +272,8 @@ def chat_reply(llm: ChatLLM, session: Session, text: str,
         reply, pending = [], ""
         try:
             async for delta in llm.deltas(session.history):
+                if turn is not None:
+                    turn.mark("llm_first_token")
                 session.publish("reply", delta=delta)
                 reply.append(delta)
                 done, pending = pop_sentences(pending + delta)

@@ -10,13 +10,16 @@ from pathlib import Path
 
 from aiortc import RTCIceServer
 
+from contracts.asr_models import DEFAULT_LANGUAGE, DEFAULT_MODEL as DEFAULT_ASR_MODEL, check_language
 from contracts.auth import token_from
 from contracts.avatars import data_dir
 from contracts.cors import allowed_origins
 from contracts.ice import parse_ice_servers
 from contracts.musetalk_weights import models_dir
-from contracts.ports import WORKER_PORT
-from contracts.settings import number, port_range
+from contracts.ports import ASR_PORTS, WORKER_PORT
+from contracts.settings import number, port_range, switch
+
+from .vad import VadSettings
 
 log = logging.getLogger("lipsync_worker")
 
@@ -52,6 +55,11 @@ class WorkerSettings:
     cors_origins: list[str]       # ["*"] any, [] none (browsers then may not call this worker)
     sse_keepalive: float          # seconds between keep-alive comments on an idle /sse stream
     api_token: str | None         # the manager's API_TOKEN: required on the routes (contracts/auth.py)
+    # Talking by voice (listening.py)
+    asr_server: str               # the recognition server viewers' speech streams to
+    language: str                 # what the viewers speak
+    vad: VadSettings
+    barge_in: bool                # BARGE_IN: a viewer speaking silences the avatar, unless its offer says not
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--REF_TEXT", default=None, help="accepted for LiveTalking compatibility; set on the TTS server")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--instance_token", default=os.environ.get("INSTANCE_TOKEN"))
+    p.add_argument("--ASR_SERVER", default=f"http://127.0.0.1:{ASR_PORTS[DEFAULT_ASR_MODEL]}",
+                   help="URL of the speech recognition server (python -m asr_services); default: sphinx's port")
+    p.add_argument("--language", default=DEFAULT_LANGUAGE, help="what viewers speak to the avatar: en, fa, ...")
     return p
 
 
@@ -86,6 +97,7 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         log.warning("ignoring LiveTalking flags this worker does not use: %s", " ".join(unknown))
     if args.max_session < 1 or args.batch_size < 1:
         raise ValueError("--max_session and --batch_size must be at least 1")
+    check_language(args.language)
     token = args.instance_token
     if not token:
         token = secrets.token_hex(16)
@@ -111,4 +123,9 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         cors_origins=allowed_origins(env.get("CORS_ORIGINS"), token_set=token_from(env) is not None),
         sse_keepalive=number(env, "SSE_KEEPALIVE_SECONDS", 15.0, 1.0),
         api_token=token_from(env),
+        asr_server=args.ASR_SERVER, language=args.language,
+        vad=VadSettings(threshold=number(env, "VAD_THRESHOLD", 0.5, 0.05),
+                        silence_ms=number(env, "VAD_SILENCE_MS", 500, 100, int),
+                        min_speech_ms=number(env, "VAD_MIN_SPEECH_MS", 250, 0, int)),
+        barge_in=switch(env, "BARGE_IN", True),
     )

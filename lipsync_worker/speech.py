@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Callable
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class SpeechBuffer:
         self._written = 0
         self._played = 0
         self._taken = asyncio.Event()   # set whenever samples leave the queue
+        self._watches: deque[tuple[int, Callable[[], None]]] = deque()   # (absolute sample, callback)
 
     @property
     def pending(self) -> int:
@@ -45,6 +47,11 @@ class SpeechBuffer:
                                    self._written + int(p.end * SAMPLE_RATE), p.symbol))
         self._pcm += chunk.pcm
         self._written += len(chunk.pcm) // 2
+
+    def when_taken(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the next sample appended is taken to be sent; never, if it is
+        cleared first."""
+        self._watches.append((self._written, callback))
 
     async def room(self, seconds: float = AHEAD_SECONDS) -> None:
         """Until at most `seconds` of speech are queued. No timeout of its own: the Stage takes
@@ -65,6 +72,8 @@ class SpeechBuffer:
         while self._phonemes and self._phonemes[0][1] <= self._played - size // 2:
             self._phonemes.popleft()
         phoneme = next((symbol for start, end, symbol in self._phonemes if start <= middle < end), None)
+        while self._watches and self._watches[0][0] < self._played:
+            self._watches.popleft()[1]()
         self._taken.set()
         return samples, phoneme
 
@@ -76,5 +85,6 @@ class SpeechBuffer:
     def clear(self) -> None:
         self._pcm.clear()
         self._phonemes.clear()
+        self._watches.clear()
         self._played = self._written
         self._taken.set()
