@@ -3,6 +3,7 @@ at start with a one-line reason that names the variable."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlparse
 
 
 class ConfigError(ValueError):
@@ -45,3 +46,15 @@ def switch(env: dict, name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={env.get(name)!r} must be on or off (1/0, true/false, yes/no)")
+
+
+def url(env: dict, name: str, default: str | None) -> str | None:
+    """An http(s) URL setting from `env` without its trailing slash; `default` when unset.
+    ConfigError names the variable when it is not such a URL."""
+    raw = env.get(name) or default
+    if raw is None:
+        return None
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
+    return raw.rstrip("/")

@@ -26,6 +26,10 @@ def tts_argv(model: str) -> list[str]:
     return [sys.executable, "-m", "tts_services", "--model", model, "--port", "{port}"]
 
 
+def asr_argv(model: str) -> list[str]:
+    return [sys.executable, "-m", "asr_services", "--model", model, "--port", "{port}"]
+
+
 class Server:
     """A child process serving HTTP on a port ("{port}" in argv); stop() always reaps it."""
 
@@ -90,7 +94,7 @@ def tts_server(spawn):
 
 @pytest.fixture
 def upstream(spawn):
-    """upstream(kind, *flags) -> Server speaking GPT-SoVITS, CosyVoice or Coqui TTS's wire format."""
+    """upstream(kind, *flags) -> Server speaking GPT-SoVITS, CosyVoice, Coqui TTS or OpenAI's wire format."""
     def start(kind: str, *flags: str) -> Server:
         return spawn([sys.executable, str(ROOT / "tests" / "upstreams.py"), kind, "--port", "{port}", *flags],
                      ready=False).wait_ready("/last")

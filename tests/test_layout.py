@@ -9,15 +9,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("cv2", "torch", "diffusers", "transformers", "aiortc")
-# The manager shares with the worker and the TTS server only the contracts package; it runs them
-# as commands, never imports them.
-COMPONENTS = ("lipsync_worker", "tts_services")
+# The manager shares with the worker and the TTS and ASR servers only the contracts package; it
+# runs them as commands, never imports them.
+COMPONENTS = ("lipsync_worker", "tts_services", "asr_services")
 
 
 def test_the_manager_never_loads_opencv_torch_webrtc_or_the_components():
     """The API and the supervisor run on every host, GPU or not: every module of the manager is
     imported in a fresh interpreter, and none of the heavy libraries, nor any module of the worker
-    or the TTS server, may come with it."""
+    or the TTS or ASR servers, may come with it."""
     code = ("import json, pkgutil, importlib, sys, avatar_manager\n"
             "for m in pkgutil.walk_packages(avatar_manager.__path__, 'avatar_manager.'):\n"
             "    importlib.import_module(m.name)\n"
@@ -46,7 +46,7 @@ def _imports_of(package: str, forbidden: tuple[str, ...]) -> list[str]:
     return found
 
 
-def test_no_manager_module_imports_the_worker_or_the_tts_server():
+def test_no_manager_module_imports_the_worker_or_the_tts_or_asr_servers():
     assert _imports_of("avatar_manager", COMPONENTS) == []
 
 
@@ -103,7 +103,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_module_imports_one_that_imports_it_back():
-    for package in ("avatar_manager", "lipsync_worker", "tts_services", "contracts"):
+    for package in ("avatar_manager", "lipsync_worker", "tts_services", "asr_services", "contracts"):
         graph = _imports(package)
         cycle = _cycle(graph)
         assert cycle is None, " -> ".join(cycle)

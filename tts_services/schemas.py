@@ -104,11 +104,6 @@ def speech_schema(engine: TTSEngine, max_chars: int) -> type[Body]:
     return SpeechSchema
 
 
-class ErrorSchema(Schema):
-    status = fields.String(required=True, metadata={"enum": ["error"]})
-    message = fields.String(required=True, metadata={"description": "What was wrong, and what is allowed."})
-
-
 class VoiceSchema(Schema):
     name = fields.String(required=True)
     lang = fields.String(required=True)

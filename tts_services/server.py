@@ -13,12 +13,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from contracts import auth
+from contracts.errors import ErrorSchema, error, json_errors
 from contracts.limits import MAX_JSON_BYTES
 from contracts.openapi import aiohttp_document, error_responses
 
 from . import protocol
 from .engines.base import AudioChunk, BadRequest, TTSEngine, UpstreamUnavailable
-from .schemas import ErrorSchema, HealthSchema, VoiceSchema, VoicesSchema, speech_schema
+from .schemas import HealthSchema, VoiceSchema, VoicesSchema, speech_schema
 from .settings import Settings
 from .speech import SpeechRequest, parse_request, speak
 
@@ -42,10 +43,6 @@ class Metrics:
 
     def outcome(self, name: str) -> None:
         self.requests.labels(self.model, name).inc()
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"status": "error", "message": message}, status=status)
 
 
 async def read_json(request: web.Request) -> object:
@@ -88,11 +85,11 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
             first = await anext(chunks, None)
         except BadRequest as exc:
             metrics.outcome("bad_request")
-            return _error(400, str(exc))
+            return error(400, str(exc))
         except UpstreamUnavailable as exc:
             metrics.outcome("unavailable")
             log.warning("%s unavailable: %s", engine.name, exc)
-            return _error(503, str(exc))
+            return error(503, str(exc))
         metrics.first_audio.labels(engine.name).observe(time.monotonic() - t0)
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
@@ -240,21 +237,8 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
     async def close_engine(app: web.Application) -> None:
         await engine.close()
 
-    @web.middleware
-    async def json_errors(request: web.Request, handler):
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            response = _error(exc.status, exc.reason if exc.status != 413 else
-                              f"body larger than {MAX_JSON_BYTES} bytes")
-            if "Allow" in exc.headers:  # a 405 says which methods the path has
-                response.headers["Allow"] = exc.headers["Allow"]
-            return response
-
-    app.middlewares.append(json_errors)
-    app.middlewares.append(auth.middleware(settings.api_token, OPEN_PATHS, lambda message: _error(401, message)))
+    app.middlewares.append(json_errors(f"body larger than {MAX_JSON_BYTES} bytes"))
+    app.middlewares.append(auth.middleware(settings.api_token, OPEN_PATHS, lambda message: error(401, message)))
     app.router.add_post("/tts", tts)
     app.router.add_post("/tts/events", tts_events)
     app.router.add_get("/voices", voices)

@@ -3,21 +3,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from contracts.auth import token_from
 from contracts.ports import UPSTREAM_URLS
-from contracts.settings import ConfigError, number
-
-
-def _url(env: dict, name: str, default: str | None) -> str | None:
-    raw = env.get(name) or default
-    if raw is None:
-        return None
-    parsed = urlparse(raw)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
-    return raw.rstrip("/")
+from contracts.settings import number, url
 
 
 @dataclass(frozen=True)
@@ -46,17 +35,17 @@ class Settings:
             max_text_chars=number(env, "TTS_MAX_TEXT_CHARS", 2000, 1, int),
             connect_timeout=number(env, "TTS_CONNECT_TIMEOUT", 2.0, 0.1),
             read_timeout=number(env, "TTS_READ_TIMEOUT", 30.0, 0.1),
-            edgetts_proxy=_url(env, "EDGETTS_PROXY", None),
-            sovits_url=_url(env, "SOVITS_URL", UPSTREAM_URLS["sovits"]),
+            edgetts_proxy=url(env, "EDGETTS_PROXY", None),
+            sovits_url=url(env, "SOVITS_URL", UPSTREAM_URLS["sovits"]),
             sovits_ref_audio=env.get("SOVITS_REF_AUDIO") or None,
             sovits_ref_text=env.get("SOVITS_REF_TEXT", ""),
             sovits_ref_lang=env.get("SOVITS_REF_LANG", "en"),
-            cosyvoice_url=_url(env, "COSYVOICE_URL", UPSTREAM_URLS["cosyvoice"]),
+            cosyvoice_url=url(env, "COSYVOICE_URL", UPSTREAM_URLS["cosyvoice"]),
             cosyvoice_ref_audio=env.get("COSYVOICE_REF_AUDIO") or None,
             cosyvoice_ref_text=env.get("COSYVOICE_REF_TEXT", ""),
             cosyvoice_spk_id=env.get("COSYVOICE_SPK_ID") or None,
             cosyvoice_sample_rate=number(env, "COSYVOICE_SAMPLE_RATE", 24000, 8000, int),
-            tacotron_url=_url(env, "TACOTRON_URL", None),
+            tacotron_url=url(env, "TACOTRON_URL", None),
             tacotron_speaker=env.get("TACOTRON_SPEAKER") or None,
             api_token=token_from(env),
         )
