@@ -13,7 +13,7 @@ from tts_services.client import LocalTTS
 
 # Heard whole by pocketsphinx's English model, even through a browser's WebRTC (it mishears most
 # espeak sentences; in this one it gets every word).
-SENTENCE = "What is the weather today?"
+SENTENCE = "What is the weather like?"
 
 
 async def espeak_pcm(text: str, voice: str | None = None) -> bytes:

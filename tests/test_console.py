@@ -347,8 +347,8 @@ def test_a_refused_microphone_is_explained_and_typing_still_works(fleet):
         until(browser, "document.getElementById('level').value > 0.1", 10, "the avatar's voice")
 
 
-# The fake microphone says "What is the weather today?" (harness.speech.SENTENCE) from 2 s after it
-# opens, and again every 5.3 s; pocketsphinx hears at least "weather" in it.
+# The fake microphone says "What is the weather like?" (harness.speech.SENTENCE) from 2 s after it
+# opens, and again every ~5 s; pocketsphinx hears at least "weather" in it.
 HEARD = "weather"
 LONG_TEXT = ("I am going to talk for a long time now, so that whoever listens to me has plenty of time "
              "to say something and cut me off before this sentence is over.")
@@ -371,17 +371,30 @@ def test_speech_is_heard_repeated_and_cuts_the_avatar_off(fleet, tmp_path):
         until(browser, f"{words('avatar')} === {said!r}", 10, "the avatar repeating it")
         until(browser, "document.getElementById('level').value > 0.1", 10, "the repetition heard")
 
-        # Something long to say, which the microphone's next sentence cuts off (barge-in is on).
+        # Something long to say, which the microphone's next sentence cuts off (barge-in is on)...
         browser.find_element(By.ID, "text").send_keys(LONG_TEXT)
         browser.find_element(By.ID, "speak").click()
         long_line = f"[...document.querySelectorAll('#captions li[data-role=avatar]')]" \
-                    f".find(li => li.querySelector('.words').textContent === {LONG_TEXT!r})"
+                    f".findLast(li => li.querySelector('.words').textContent === {LONG_TEXT!r})"
         until(browser, f"{long_line}?.dataset.interrupted === 'true'", 15, "the long text cut off")
         # ...and what cut it off is heard and repeated in turn.
-        until(browser, f"[...document.querySelectorAll('#captions li[data-role=user][data-final=true]')]"
-                       f".filter(li => li.textContent.includes({HEARD!r})).length >= 2", 15, "the next sentence")
+        heard = f"[...document.querySelectorAll('#captions li[data-role=user][data-final=true]')]" \
+                f".filter(li => li.textContent.includes({HEARD!r})).length"
+        until(browser, f"{heard} >= 2", 15, "the next sentence")
         js(browser, "document.getElementById('captions').scrollIntoView()")
         screenshot(browser, "console_mic_conversation")
+
+        # Barge-in off while the microphone is on: the worker reads it from the offer, so a new
+        # session takes it. The sentence is heard again while the long text is said, and cuts nothing.
+        browser.find_element(By.ID, "barge-in").click()
+        connected(browser)
+        assert js(browser, "return document.getElementById('mic').dataset.state") == "on"
+        browser.find_element(By.ID, "text").send_keys(LONG_TEXT)
+        browser.find_element(By.ID, "speak").click()
+        until(browser, long_line, 10, "the long text said again")
+        before = js(browser, f"return {heard}")
+        until(browser, f"{heard} > {before}", 15, "a sentence heard while the avatar talks")
+        assert js(browser, f"return {long_line}.dataset.interrupted") is None
 
 
 def test_push_to_talk_in_chat_mode_asks_the_llm_and_the_answer_is_heard(fleet, upstream, tmp_path):
@@ -442,14 +455,23 @@ def test_captions_follow_the_conversation_and_mark_what_was_cut_off(manager):
             ["speech_started", {"barge_in": False}],
             ["transcript_partial", {"text": "what is"}],
             ["transcript_partial", {"text": "what is the weather"}],
-            ["speech_ended", {"seconds": 1.3}],
+            ["speech_ended", {"seconds": 1.3, "ignored": False}],
             ["transcript", {"text": "what is the weather today"}],
             ["reply", {"delta": "Sunny"}], ["reply", {"delta": " all day."}],
             ["reply_end", {"text": "Sunny all day."}],
             ["text", {"kind": "chat", "text": "Sunny all day."}],    # shown already, as it streamed
             ["speaking_started", {}], ["speaking_ended", {"interrupted": False}],
-            ["speech_started", {"barge_in": False}], ["speech_ended", {"seconds": 0.4}],
+            ["speech_started", {"barge_in": False}], ["speech_ended", {"seconds": 0.4, "ignored": False}],
             ["transcript", {"text": ""}],                             # nothing recognised: no line
+            ["speech_started", {"barge_in": False}],
+            ["speech_ended", {"seconds": 0.1, "ignored": True}],      # too short to be a turn: no line
+            # Two sentences in a row: the second begins before the first one's final words come.
+            ["speech_started", {"barge_in": False}], ["transcript_partial", {"text": "one"}],
+            ["speech_ended", {"seconds": 0.5, "ignored": False}],
+            ["speech_started", {"barge_in": False}], ["transcript_partial", {"text": "three"}],
+            ["transcript", {"text": "one two"}],
+            ["speech_ended", {"seconds": 0.5, "ignored": False}],
+            ["transcript", {"text": "three four"}],
             ["typed", {"text": "سلام"}],
             ["text", {"kind": "echo", "text": "سلام"}],
             ["speaking_started", {}],
@@ -460,6 +482,8 @@ def test_captions_follow_the_conversation_and_mark_what_was_cut_off(manager):
     assert lines == [
         ["user", "true", None, "what is the weather today", "ltr"],
         ["avatar", "true", None, "Sunny all day.", "ltr"],
+        ["user", "true", None, "one two", "ltr"],
+        ["user", "true", None, "three four", "ltr"],
         ["user", "true", None, "سلام", "rtl"],
         ["avatar", "true", "true", "سلام", "rtl"],
         ["user", "false", None, "stop", "ltr"],

@@ -14,7 +14,8 @@ export class Conversation {
 
   clear() {
     this.list.replaceChildren();
-    this.hearing = null;    // the person's line being recognised
+    this.hearing = null;    // the line of what the person is saying now
+    this.awaiting = [];     // lines of speech that ended, oldest first, waiting for their final words
     this.reply = null;      // the chat reply being streamed
     this.unspoken = [];     // avatar lines not yet heard to their end
   }
@@ -48,19 +49,30 @@ export class Conversation {
     HANDLERS[name]?.call(this, data);
   }
 
-  // The line of what the person is saying, empty ("…") until the recogniser has a guess.
+  // Speech began: its line, empty ("…") until the recogniser has a guess.
   listening() {
-    return this.hearing ??= this.line("user", "", false);
+    this.hearing = this.line("user", "", false);
   }
 
-  understood(text) {
-    if (text) {
-      this.write(this.listening(), text, true);
-      this.reply = null;
-    } else {
-      this.hearing?.remove();  // nothing recognised: nothing is answered either
-    }
+  // The recogniser's running guess: of the speech going on, else of the last that ended.
+  guessed(text) {
+    if (!this.hearing && !this.awaiting.length) this.listening();
+    this.write(this.hearing ?? this.awaiting.at(-1), text, false);
+  }
+
+  // Speech ended; too short to be a turn (ignored), it gets no words and no answer.
+  ended(ignored) {
+    if (this.hearing && !ignored) this.awaiting.push(this.hearing);
+    else this.hearing?.remove();
     this.hearing = null;
+  }
+
+  // The final words come in the order the speech ended; nothing recognised, nothing is answered.
+  understood(text) {
+    const line = this.awaiting.shift();
+    if (!text) return line?.remove();
+    this.write(line ?? this.line("user", "", false), text, true);
+    this.reply = null;
   }
 
   answering(delta) {
@@ -86,8 +98,9 @@ export class Conversation {
 
   // The session is over: a guess it left is dropped; nothing more of it will be said.
   hangUp() {
-    this.hearing?.remove();
+    for (const line of [this.hearing, ...this.awaiting]) line?.remove();
     this.hearing = null;
+    this.awaiting = [];
     this.silent(false);
   }
 }
@@ -103,7 +116,8 @@ function cut(line) {
 
 const HANDLERS = {
   speech_started() { this.listening(); },
-  transcript_partial(data) { this.write(this.listening(), data.text, false); },
+  transcript_partial(data) { this.guessed(data.text); },
+  speech_ended(data) { this.ended(data.ignored); },
   transcript(data) { this.understood(data.text.trim()); },
   reply(data) { this.answering(data.delta); },
   reply_end(data) { this.answered(data.text); },
