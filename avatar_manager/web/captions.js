@@ -96,11 +96,17 @@ export class Conversation {
     this.reply = null;
   }
 
-  // The session is over: a guess it left is dropped; nothing more of it will be said.
-  hangUp() {
+  // Speech that will get no final words (its recognition failed, or the session is over) leaves
+  // no line, and the next final words go to the next speech.
+  unheard() {
     for (const line of [this.hearing, ...this.awaiting]) line?.remove();
     this.hearing = null;
     this.awaiting = [];
+  }
+
+  // The session is over: nothing more of it will be heard or said.
+  hangUp() {
+    this.unheard();
     this.silent(false);
   }
 }
@@ -119,6 +125,7 @@ const HANDLERS = {
   transcript_partial(data) { this.guessed(data.text); },
   speech_ended(data) { this.ended(data.ignored); },
   transcript(data) { this.understood(data.text.trim()); },
+  error() { this.unheard(); },  // the recogniser failed (talk.js shows why)
   reply(data) { this.answering(data.delta); },
   reply_end(data) { this.answered(data.text); },
   // A chat reply is shown as it streams (reply); a repeated text when its speech begins.
