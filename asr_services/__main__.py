@@ -6,43 +6,31 @@ and says on stderr what is missing and how to get it."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from aiohttp import web
 
+from contracts import model_server, whisper_weights
 from contracts.asr_models import DEFAULT_MODEL, canonical_model
 from contracts.musetalk_weights import models_dir
 from contracts.ports import ASR_PORTS
-from contracts.settings import ConfigError
 
-from . import whisper_weights
 from .models import create_recognizer
 from .server import create_app
 from .settings import Settings
 
 
+def _app(model: str) -> web.Application:
+    settings = Settings.from_env()
+    return create_app(create_recognizer(model, settings), settings)
+
+
 def serve(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asr_services", description="Serve one speech recognition model.")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="sphinx (offline English, the default), whisper (weights in MODELS_DIR/whisper), "
-                             "openai (an OpenAI-compatible server at ASR_URL); aliases such as PocketSphinx or "
-                             "faster-whisper are accepted")
-    parser.add_argument("--port", type=int, help="default: the model's port in contracts/ports.py")
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        model = canonical_model(args.model)
-        settings = Settings.from_env()
-        recognizer = create_recognizer(model, settings)
-    except (ValueError, ConfigError) as exc:
-        print(f"asr_services: {exc}", file=sys.stderr)
-        return 2
-    port = args.port if args.port is not None else ASR_PORTS[model]
-    logging.getLogger("asr_services").info("serving %s on http://%s:%d", model, args.host, port)
-    web.run_app(create_app(recognizer, settings), host=args.host, port=port, print=None, access_log=None)
-    return 0
+    return model_server.serve(
+        argv, "asr_services", "Serve one speech recognition model.",
+        "sphinx (offline English, the default), whisper (weights in MODELS_DIR/whisper), openai (an "
+        "OpenAI-compatible server at ASR_URL); aliases such as PocketSphinx or faster-whisper are accepted",
+        DEFAULT_MODEL, canonical_model, ASR_PORTS, _app)
 
 
 def download_models(argv: list[str]) -> int:

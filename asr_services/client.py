@@ -56,7 +56,8 @@ class ASRClient:
         try:
             async with aiohttp.ClientSession(headers=self._headers,
                                              timeout=aiohttp.ClientTimeout(total=self.timeout)) as http:
-                async with http.post(f"{self.url}/transcribe", params=params, data=pcm, headers=PCM_HEADERS) as response:
+                async with http.post(f"{self.url}/transcribe", params=params, data=pcm,
+                                     headers=PCM_HEADERS) as response:
                     body = await response.text(errors="replace")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise ASRError(f"ASR server {self.url} is unreachable or too slow: {exc or type(exc).__name__}") from exc

@@ -13,7 +13,7 @@ from aiohttp.helpers import parse_mimetype
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts import auth
-from contracts.asr_models import DEFAULT_LANGUAGE, SAMPLE_RATE, check_language
+from contracts.asr_models import DEFAULT_LANGUAGE, LANGUAGE, SAMPLE_RATE, check_language
 from contracts.errors import ErrorSchema, error, json_errors
 from contracts.openapi import aiohttp_document, error_responses
 
@@ -72,10 +72,7 @@ def create_app(recognizer: Recognizer, settings: Settings) -> web.Application:
             {"type": "error", "message": "..."} and the close code 1008; a message over the size limit
             1009; a recogniser that cannot work now (upstream down, every decoder busy) 1013.
           parameters:
-          - name: language
-            in: query
-            description: A language code such as en, fa or en-US; GET /health lists the model's languages
-            schema: {type: string, default: en}
+          - Language
           responses:
             101: {description: The socket is open}
             400: {$ref: '#/components/responses/BadRequest'}
@@ -99,10 +96,7 @@ def create_app(recognizer: Recognizer, settings: Settings) -> web.Application:
         post:
           summary: Recognise one utterance sent whole
           parameters:
-          - name: language
-            in: query
-            description: A language code such as en, fa or en-US; GET /health lists the model's languages
-            schema: {type: string, default: en}
+          - Language
           requestBody:
             required: true
             description: s16le mono 16 kHz PCM, an even number of bytes, up to ASR_MAX_UTTERANCE_SECONDS long
@@ -206,8 +200,13 @@ def create_app(recognizer: Recognizer, settings: Settings) -> web.Application:
 
 
 def document(app: web.Application, recognizer: Recognizer, settings: Settings) -> dict:
-    """The OpenAPI document of this server."""
-    spec = aiohttp_document(app, f"ASR server ({recognizer.name})", "1.0", [TranscriptSchema, ErrorSchema, HealthSchema])
+    """The OpenAPI document of this server: the languages its model knows included."""
+    known = f"this model knows {', '.join(sorted(recognizer.languages))}" if recognizer.languages else "any"
+    language = {"name": "language", "in": "query", "required": False,
+                "description": f"A language code such as en, fa or en-US; {known}.",
+                "schema": {"type": "string", "pattern": LANGUAGE.pattern, "default": DEFAULT_LANGUAGE}}
+    spec = aiohttp_document(app, f"ASR server ({recognizer.name})", "1.0",
+                            [TranscriptSchema, ErrorSchema, HealthSchema], {"Language": language})
     spec["components"]["responses"] = error_responses({
         "BadRequest": "The language is not a language code or not one this model knows, or the body is not PCM",
         "TooLarge": f"The audio is longer than {settings.max_utterance_seconds:g} s",

@@ -2,6 +2,7 @@
 asr_services.protocol)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Awaitable, TypeVar
@@ -47,9 +48,9 @@ class Session:
                 await self._serve(language)
             except Refused as exc:
                 self.metrics.outcome(ROUTE, exc.outcome)
-                await self.ws.send_json(protocol.error(str(exc)))
+                await self._send(protocol.error(str(exc)))
                 await self.ws.close(code=exc.code)
-        except ConnectionResetError:   # the client left while we answered
+        except ConnectionResetError:   # the client left, or stopped reading, while we answered
             self.metrics.outcome(ROUTE, "client_gone")
         finally:
             if self._stream is not None:
@@ -90,7 +91,7 @@ class Session:
             self._fed += len(piece)
             if hypothesis and hypothesis != self._said:
                 self._said = hypothesis
-                await self.ws.send_json(protocol.partial(hypothesis))
+                await self._send(protocol.partial(hypothesis))
             if self._fed == self.max_bytes:   # the limit: this utterance ends here, the rest starts the next
                 await self._finish("limit")
 
@@ -111,7 +112,13 @@ class Session:
         seconds = self._fed / BYTES_PER_SECOND
         self._fed, self._said = 0, ""
         self.metrics.outcome(ROUTE, "ok")
-        await self.ws.send_json(protocol.final(text, seconds, reason))
+        await self._send(protocol.final(text, seconds, reason))
+
+    async def _send(self, event: dict) -> None:
+        try:
+            await asyncio.wait_for(self.ws.send_json(event), self.idle_timeout)
+        except TimeoutError:   # its buffers are full: it stopped reading
+            raise ConnectionResetError(f"the client read nothing for {self.idle_timeout:g} s") from None
 
     async def _unless_unavailable(self, work: Awaitable[T]) -> T:
         """The result of `work`; Refused (try again later) when the recogniser is unavailable."""

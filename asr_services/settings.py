@@ -9,7 +9,7 @@ from contracts.auth import token_from
 from contracts.musetalk_weights import models_dir
 from contracts.settings import ConfigError, number, url
 
-from . import whisper_weights
+from contracts import whisper_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -17,7 +17,7 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True)
 class Settings:
     max_utterance_seconds: float  # longer utterances are ended by the server (sockets) or refused (413)
-    idle_timeout: float           # seconds a socket may send nothing before it is closed
+    idle_timeout: float           # seconds a socket may send nothing, or read nothing, before it is closed
     connect_timeout: float        # seconds to reach the OpenAI-compatible upstream
     read_timeout: float           # seconds it may take to answer
     sphinx_decoders: int          # utterances pocketsphinx recognises at once (~90 MB each)
@@ -41,7 +41,8 @@ class Settings:
             connect_timeout=number(env, "ASR_CONNECT_TIMEOUT", 2.0, 0.1),
             read_timeout=number(env, "ASR_READ_TIMEOUT", 30.0, 0.1),
             sphinx_decoders=number(env, "SPHINX_DECODERS", 4, 1, int),
-            whisper_dir=whisper_weights.folder(models_dir(env), env.get("WHISPER_MODEL") or whisper_weights.DEFAULT_SIZE),
+            whisper_dir=whisper_weights.folder(models_dir(env),
+                                               env.get("WHISPER_MODEL") or whisper_weights.DEFAULT_SIZE),
             whisper_device=device,
             whisper_compute_type=env.get("WHISPER_COMPUTE_TYPE") or None,
             openai_url=url(env, "ASR_URL", None),

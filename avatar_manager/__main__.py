@@ -60,6 +60,9 @@ def register(argv: list[str]) -> int:
     import argparse
     import json
 
+    from contracts.asr_models import MODELS as ASR_MODELS
+    from contracts.avatars import DEFAULT_CONFIG
+
     from . import registration
     parser = argparse.ArgumentParser(prog="python -m avatar_manager register")
     parser.add_argument("path", type=Path, help="a photo or a video of one face")
@@ -68,6 +71,10 @@ def register(argv: list[str]) -> int:
     parser.add_argument("--description", default="")
     parser.add_argument("--tts-model", default=None)
     parser.add_argument("--timbre", default=None)
+    parser.add_argument("--asr-model", default=None,
+                        help=f"{', '.join(ASR_MODELS)} (default {DEFAULT_CONFIG['asr_model']})")
+    parser.add_argument("--language", default=None,
+                        help=f"what the viewers speak, e.g. en or fa (default {DEFAULT_CONFIG['language']})")
     parser.add_argument("--engine", default=None, help="puppet (the default) or musetalk (prepares its latents)")
     args = parser.parse_args(argv)
     try:
@@ -77,7 +84,7 @@ def register(argv: list[str]) -> int:
         print(f"register: {exc}", file=sys.stderr)
         return 2
     meta = {"owner": args.owner, "description": args.description, "tts_model": args.tts_model,
-            "timbre": args.timbre, "engine": args.engine}
+            "timbre": args.timbre, "asr_model": args.asr_model, "language": args.language, "engine": args.engine}
     try:
         registration.lock(store, args.name, f"cli:{os.getpid()}")
         try:

@@ -3,9 +3,9 @@
 Like gunicorn's arbiter: signal handlers only enqueue; one loop does the work. Each tick it keeps
 the API process up (when it runs one), takes in what the steps reported, holds this host's
 lease and publishes the host (hosts.py), and lets each of its parts take its next steps: the TTS
-servers and the instances' lifecycle (supervisor.py) of this host, and, while it holds the
-fleet's lease, the fleet-wide duties: registration jobs and placing a lost host's instances
-again (replacement.py). A SIGCHLD wakes it at once; every child is reaped.
+and ASR servers (model_servers.py) and the instances' lifecycle (supervisor.py) of this host,
+and, while it holds the fleet's lease, the fleet-wide duties: registration jobs and placing a
+lost host's instances again (replacement.py). A SIGCHLD wakes it at once; every child is reaped.
 
 With `fencing` (the agent role, on a fleet of several hosts), an agent that cannot renew its
 host's lease stops its own workers before the lease runs out, and its workers end themselves
@@ -25,12 +25,12 @@ import psutil
 from . import hosts, relayed_sessions, replacement, systemd
 from .api_server import ApiServer
 from .lease import FLEET, TTL, Lease, holder_id, host_lease
+from .model_servers import ASR, TTS, Kind, ModelServers
 from .registration_jobs import RegistrationJobs
 from .settings import Settings
 from .steps import Steps
 from .store.base import Store, StoreError
 from .supervisor import Supervisor
-from .tts import TtsServers, table
 from .workers import Fence
 
 log = logging.getLogger("avatar_manager.agent")
@@ -61,14 +61,18 @@ class HostAgent:
         self.next_place_lost = 0.0
         self.next_forget = 0.0
         self.ready_told = False
-        self.adopted = False                   # the workers and TTS servers already running are ours
+        self.adopted = False                   # the workers and model servers already running are ours
         self.steps = Steps(max(4, settings.max_avatars), self.wakeup.set)
-        self.tts = TtsServers(table(settings.tts_ports), str(settings.data_dir), settings.log_dir,
-                              settings.startup_timeout, settings.stop_timeout, settings.api_token, self.steps,
-                              self.shutting_down)
-        self.supervisor = Supervisor(settings, store, self.steps, self.tts, self.shutting_down, self.fence)
+        tts, asr = self._model_servers(TTS, settings.tts_ports), self._model_servers(ASR, settings.asr_ports)
+        self.model_servers = (tts, asr)
+        self.supervisor = Supervisor(settings, store, self.steps, tts, asr, self.shutting_down, self.fence)
         # Registrations run apart: an upload never delays a start or a stop.
         self.registrations = RegistrationJobs(settings, store, self.shutting_down, self.wakeup.set)
+
+    def _model_servers(self, kind: Kind, ports: dict[str, int]) -> ModelServers:
+        s = self.settings
+        return ModelServers(kind, ports, str(s.data_dir), s.log_dir, s.startup_timeout, s.stop_timeout, s.api_token,
+                            self.steps, self.shutting_down)
 
     def shutting_down(self) -> bool:
         return bool(self.signals)
@@ -122,7 +126,8 @@ class HostAgent:
             return
         if not self.adopted:  # again after a store error cut it short
             log.info("host agent of %s supervises it; adopting live workers", self.settings.host_id)
-            self.tts.adopt()
+            for servers in self.model_servers:
+                servers.adopt()
             self.supervisor.adopt(now)
             self.adopted = True
         if not self.ready_told and (self.api is None or self.api.answers()):
@@ -130,7 +135,8 @@ class HostAgent:
             self.ready_told = True
             log.info("ready: host %s supervised%s", self.settings.host_id,
                      f"; the API and the web console at {self.settings.api_url}/" if self.api else "")
-        self.tts.tick(now)
+        for servers in self.model_servers:
+            servers.tick(now)
         self.supervisor.tick(now)
         self.registrations.collect()
         if self.fleet_lease.hold():
@@ -174,7 +180,9 @@ class HostAgent:
     def _reap_strays(self) -> None:
         """Reap zombies re-parented to us (grandchildren of killed workers). Our own children are
         left to whoever owns them, which learns their exit status from it."""
-        mine = self.supervisor.pids() | self.tts.pids() | self.registrations.pids()
+        mine = self.supervisor.pids() | self.registrations.pids()
+        for servers in self.model_servers:
+            mine |= servers.pids()
         if self.api is not None:
             mine |= self.api.pids()
         for child in psutil.Process().children():
@@ -188,7 +196,7 @@ class HostAgent:
                 pass
 
     def shutdown(self) -> None:
-        """Stop every worker and TTS server this agent owns, then the API, then let go of the leases."""
+        """Stop every worker and model server this agent owns, then the API, then let go of the leases."""
         systemd.notify("STOPPING=1")
         self.steps.shutdown()
         self.registrations.shutdown()
@@ -197,7 +205,8 @@ class HostAgent:
         except StoreError as exc:
             log.error("cannot clear this host's instances from the store: %s", exc)
             stopped = 0
-        self.tts.stop_all()
+        for servers in self.model_servers:
+            servers.stop_all()
         if self.api is not None:
             self.api.stop(self.settings.stop_timeout)
         for lease in (self.fleet_lease, self.host_lease):

@@ -19,10 +19,11 @@ from contracts import auth
 from contracts.cors import ANY as ANY_ORIGIN
 from contracts.openapi import flask_document, load
 
-from . import __version__, avatar_sync, hosts, metrics, registration, relay_routes, schemas, tts
+from . import __version__, avatar_sync, hosts, metrics, registration, relay_routes, schemas
 from .gpus import read_gpus, unavailable_reason
 from .instances import State
 from .lease import FLEET
+from .model_servers import TTS, probe, table
 from .logs import setup_logging
 from .fleet import BadRequest, Conflict, Fleet, StartFailed, Unavailable, valid_name
 from .placement import CapacityError
@@ -401,9 +402,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             200: {description: "one per voice model", content: {application/json: {schema: TtsReply}}}
             401: {$ref: '#/components/responses/Unauthorized'}
         """
-        models = list(tts.table(settings.tts_ports).values())
+        models = list(table(TTS, settings.tts_ports).values())
         with ThreadPoolExecutor(len(models)) as probes:
-            healths = list(probes.map(lambda m: tts.probe(m, timeout=0.5), models))
+            healths = list(probes.map(lambda m: probe(m, timeout=0.5), models))
         servers = [{"model": m.name, "port": m.port, "running": h is not None,
                     "uptime_seconds": h.get("uptime_seconds") if h else None} for m, h in zip(models, healths)]
         return _reply("ok", servers, count=len(servers))
@@ -439,7 +440,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         """
         return _reply("ok", {"chat": settings.chat, "ice_servers": settings.ice_servers,
                              "connect_timeout": settings.connect_timeout,
-                             "tts_models": sorted(settings.tts_ports),
+                             "tts_models": sorted(settings.tts_ports), "asr_models": sorted(settings.asr_ports),
                              "max_upload_bytes": settings.max_avatar_file_bytes, "version": __version__})
 
     # --- registration ----------------------------------------------------------------------------
@@ -473,9 +474,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise BadRequest(str(exc)) from None
         name, upload = form["avatar_name"], form["file"]
         meta = {"owner": form["user_id"], "description": form["description"],
-                "tts_model": form["tts_model"] or None, "timbre": form["timbre"] or None,
-                "engine": form["engine"] or None}
-        registration.check_request(settings, store, name, meta["tts_model"], meta["engine"])
+                **{k: form[k] or None for k in ("tts_model", "timbre", "asr_model", "language", "engine")}}
+        registration.check_request(settings, store, name, meta)
         if not fleet.supervised():
             raise Unavailable("no supervisor is running to prepare the avatar")
         job = registration.submit(settings, store, name, meta, upload.save)

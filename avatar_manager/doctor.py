@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from contracts import asr_models
 from contracts import musetalk_weights as weights
+from contracts import whisper_weights
 from contracts.avatars import FORMAT, NAME, avatar_dir, is_livetalking, prepare_command, read_config
 from contracts.engines import ENGINES, needs_gpu
 
@@ -45,13 +47,14 @@ CLI_TIMEOUT = 15.0    # seconds for a component's own command (the TTS server's 
 INSTALL = "run ./start.sh install"
 ROOT = Path(__file__).resolve().parent.parent
 
-# (import name, distribution) of every package the manager, the workers and the TTS servers import.
+# (import name, distribution) of every package the manager, the workers and the TTS and ASR servers import.
 PACKAGES = [
     ("flask", "flask"), ("flask_cors", "flask-cors"), ("gunicorn", "gunicorn"), ("redis", "redis"),
     ("psutil", "psutil"), ("pynvml", "nvidia-ml-py"), ("aiohttp", "aiohttp"), ("aiortc", "aiortc"),
     ("av", "av"), ("cv2", "opencv-python-headless"), ("numpy", "numpy"),
     ("prometheus_client", "prometheus-client"), ("edge_tts", "edge-tts"),
     ("espeakng_loader", "espeakng-loader"), ("soxr", "soxr"), ("num2words", "num2words"),
+    ("pocketsphinx", "pocketsphinx"), ("faster_whisper", "faster-whisper"),
 ]
 
 EDGE_TTS_HOST = "speech.platform.bing.com"
@@ -299,9 +302,9 @@ def _held_by(port: int, holders: dict[int, str]) -> str:
 
 def check_ports(ctx: Context) -> list[Finding]:
     from .instances import HOLDS_PORT
+    from .model_servers import ASR, TTS, serving, table
     from .ports import is_free
     from .procs import get_json
-    from .tts import serving, table
     s = ctx.settings
     holders = _listeners()
     found = []
@@ -332,18 +335,21 @@ def check_ports(ctx: Context) -> list[Finding]:
         else:
             found.append(warn(what, "the manager skips them; free them or move AVATAR_BASE_PORT"))
 
-    for model in table(s.tts_ports).values():
-        if model.port in s.ports or model.port == s.port:
-            found.append(warn(f"TTS port {model.port} ({model.name}) lies in the manager's ports",
-                              "move AVATAR_BASE_PORT or AVATAR_MANAGER_PORT away from the TTS ports "
-                              f"({', '.join(map(str, sorted(s.tts_ports.values())))})"))
-        elif is_free(model.port):
-            found.append(ok(f"TTS port {model.port} ({model.name}) free"))
-        elif serving(model, timeout=PROBE_TIMEOUT / 2):
-            found.append(ok(f"TTS port {model.port}: the {model.name} server already runs there"))
-        else:
-            found.append(warn(f"TTS port {_held_by(model.port, holders)} ({model.name}) is held by another program",
-                              f"avatars using {model.name} cannot speak; free port {model.port}"))
+    for kind, ports in ((TTS, s.tts_ports), (ASR, s.asr_ports)):
+        for model in table(kind, ports).values():
+            what = f"{kind.label} port {model.port} ({model.name})"
+            if model.port in s.ports or model.port == s.port:
+                found.append(warn(f"{what} lies in the manager's ports",
+                                  f"move AVATAR_BASE_PORT or AVATAR_MANAGER_PORT away from the {kind.label} ports "
+                                  f"({', '.join(map(str, sorted(ports.values())))})"))
+            elif is_free(model.port):
+                found.append(ok(f"{what} free"))
+            elif serving(model, timeout=PROBE_TIMEOUT / 2):
+                found.append(ok(f"{kind.label} port {model.port}: the {model.name} server already runs there"))
+            else:
+                found.append(warn(f"{kind.label} port {_held_by(model.port, holders)} ({model.name}) is held by "
+                                  f"another program", f"avatars using {model.name} get no {kind.label} server; "
+                                                      f"free port {model.port}"))
     return found
 
 
@@ -387,6 +393,20 @@ def _espeak(ctx: Context) -> dict:
     return ctx.espeak
 
 
+def _asr_problem(ctx: Context, model: str) -> tuple[str, str] | None:
+    """(why, fix) when the ASR server of `model` would exit at start here."""
+    if model == "whisper":
+        size = ctx.env.get("WHISPER_MODEL") or whisper_weights.DEFAULT_SIZE
+        folder = whisper_weights.folder(weights.models_dir(ctx.env).resolve(), size)
+        absent = whisper_weights.missing(folder)
+        if absent:
+            return (f"no whisper weights: {folder} lacks {', '.join(absent)}",
+                    f"run '{whisper_weights.DOWNLOAD_COMMAND.format(size=folder.name)}'")
+    if model == "openai" and not ctx.env.get("ASR_URL"):
+        return "ASR_URL is not set", "set ASR_URL to an OpenAI-compatible transcription service"
+    return None
+
+
 def _check_avatar(ctx: Context, name: str) -> list[Finding]:
     from .workers import avatar_spec
     s = ctx.settings
@@ -408,7 +428,8 @@ def _check_avatar(ctx: Context, name: str) -> list[Finding]:
                      f"{edit}: set avatar_model to puppet")]
     ctx.tts_used.add(spec.tts.name)
     found = [ok(f"avatar {name}: {spec.engine} engine, {spec.tts.name} TTS (voice {spec.timbre}), "
-                f"{frames} frame{'s' if frames != 1 else ''}, max_session {spec.max_session}")]
+                f"{spec.asr.name} ASR ({spec.language}), {frames} frame{'s' if frames != 1 else ''}, "
+                f"max_session {spec.max_session}")]
     if spec.engine == "musetalk":
         folder = weights.models_dir(ctx.env).resolve()
         if weights.missing(folder):
@@ -418,6 +439,11 @@ def _check_avatar(ctx: Context, name: str) -> list[Finding]:
     if needs_gpu(spec.engine) and not ctx.gpus:
         found.append(warn(f"avatar {name}: the {spec.engine} engine needs a GPU and this host has none",
                           f"run it on a GPU host, or {edit}: set avatar_model to puppet"))
+    unheard = _asr_problem(ctx, spec.asr.name)
+    if unheard:
+        why, fix = unheard
+        found.append(warn(f"avatar {name}: its {spec.asr.name} ASR server would exit at start ({why}); its viewers "
+                          f"would not be heard", f"{fix}, or {edit}: set asr_model to {asr_models.DEFAULT_MODEL}"))
     # Without the voices (espeak does not load), the TTS voices check says why.
     voices = _espeak(ctx).get("voices", []) if spec.tts.name == "espeak" else []
     if voices and spec.timbre not in voices:

@@ -46,7 +46,7 @@ def child_env(keep: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
 
 
 def service_env(api_token: str | None, **extra: str) -> dict[str, str]:
-    """child_env for a service that guards its routes with our API token (a worker, a TTS server):
+    """child_env for a service that guards its routes with our API token (a worker, a model server):
     of PRIVATE_ENV it gets that token alone, handed over explicitly."""
     return child_env(**extra, **({auth.ENV: api_token} if api_token else {}))
 

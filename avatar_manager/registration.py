@@ -24,8 +24,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable
 
+from contracts import asr_models, prepare, tts_models
 from contracts import musetalk_weights as weights
-from contracts import prepare
 from contracts.avatars import (DEFAULT_CONFIG, AvatarError, avatar_dir, avatar_lock, check_name, is_livetalking,
                                read_config, seal)
 from contracts.bounds import Bounds
@@ -34,7 +34,6 @@ from contracts.engines import ENGINES
 from . import procs
 from .settings import Settings
 from .store.base import Store
-from .tts import model_for, table
 
 LOCK_TTL = 900.0          # a registration lock outlives any real registration; a crashed one frees it
 JOB_KEEP = 3600.0         # finished jobs stay visible this long
@@ -67,13 +66,17 @@ class RegistrationError(Exception):
         return {"status": self.status, "message": str(self), **self.detail}
 
 
-def check_request(settings: Settings, store: Store, name: str, tts_model: str | None,
-                  engine: str | None = None) -> None:
-    """What can be refused before any byte of the file is stored."""
+def check_request(settings: Settings, store: Store, name: str, meta: dict) -> None:
+    """What can be refused before any byte of the file is stored (`meta`: as prepare_request's)."""
+    engine = meta.get("engine")
     try:
         check_name(name)
-        if tts_model:
-            model_for(table(settings.tts_ports), tts_model)
+        if meta.get("tts_model"):
+            tts_models.canonical_model(meta["tts_model"])
+        if meta.get("asr_model"):
+            asr_models.canonical_model(meta["asr_model"])
+        if meta.get("language"):
+            asr_models.check_language(meta["language"])
         if engine and engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     except ValueError as exc:
@@ -119,8 +122,9 @@ def child_env() -> dict[str, str]:
 
 def prepare_request(settings: Settings, source: Path, name: str, meta: dict) -> prepare.Request:
     """What the prepare child is asked to make of `source`; `meta`: what the user chose
-    (tts_model, timbre, engine; absent or None where not)."""
-    chosen = {"tts_model": meta.get("tts_model"), "timbre": meta.get("timbre"), "avatar_model": meta.get("engine")}
+    (tts_model, timbre, asr_model, language, engine; absent or None where not)."""
+    chosen = {"tts_model": meta.get("tts_model"), "timbre": meta.get("timbre"), "asr_model": meta.get("asr_model"),
+              "language": meta.get("language"), "avatar_model": meta.get("engine")}
     overrides = {k: v for k, v in chosen.items() if v}
     engine = overrides.get("avatar_model", DEFAULT_CONFIG["avatar_model"])
     return prepare.Request(source=str(source.absolute()), name=name, data_dir=str(settings.data_dir),
@@ -165,7 +169,7 @@ def seal_folder(settings: Settings, name: str) -> str:
 def register(settings: Settings, store: Store, source: Path, name: str, meta: dict) -> dict:
     """Prepare the avatar in the worker's prepare child, waiting for it, and record it (the
     operator's command line); RegistrationError when refused (nothing is left behind)."""
-    check_request(settings, store, name, meta.get("tts_model"), meta.get("engine"))
+    check_request(settings, store, name, meta)
     request = prepare_request(settings, source, name, meta)
     try:
         # Its stderr is the operator's terminal: what it says while it works, and why it failed.
@@ -203,6 +207,7 @@ def listing(settings: Settings, store: Store) -> list[dict]:
                     continue
                 records[path.name] = {"name": path.name, "registered": False, "engine": config["avatar_model"],
                                       "tts_model": config["tts_model"], "timbre": config["timbre"],
+                                      "asr_model": config["asr_model"], "language": config["language"],
                                       "source_type": config.get("kind", "livetalking" if is_livetalking(path) else "")}
     return [records[k] for k in sorted(records)]
 

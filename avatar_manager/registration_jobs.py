@@ -111,8 +111,7 @@ class RegistrationJobs:
         folder = Path(job["upload"]).parent
         path = self.settings.log_dir / f"register_{job['avatar']}.log"
         try:
-            registration.check_request(self.settings, self.store, job["avatar"], job["meta"].get("tts_model"),
-                                       job["meta"].get("engine"))
+            registration.check_request(self.settings, self.store, job["avatar"], job["meta"])
             request = registration.prepare_request(self.settings, Path(job["upload"]), job["avatar"], job["meta"])
             (folder / REQUEST).write_text(request.to_json())
             proc = procs.spawn(registration.prepare_argv(), registration.child_env(), path,

@@ -10,8 +10,8 @@ import re
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from contracts import worker_api
-from contracts.avatars import NAME
+from contracts import asr_models, worker_api
+from contracts.avatars import DEFAULT_CONFIG, NAME
 from contracts.engines import ENGINES
 from contracts.openapi import Body, error_responses
 
@@ -116,6 +116,11 @@ class RegisterSchema(Body):
     description = FormText(2000, lines=True)
     tts_model = FormText(64, metadata={"description": "a voice model (GET /tts); absent: the default"})
     timbre = FormText(128, metadata={"description": "the voice of that model"})
+    asr_model = FormText(64, metadata={"description": f"what recognises the viewers' speech: one of "
+                                                      f"{', '.join(asr_models.MODELS)}; absent: "
+                                                      f"{DEFAULT_CONFIG['asr_model']}"})
+    language = FormText(16, metadata={"description": f"what the viewers speak, a language code such as en or fa; "
+                                                     f"absent: {DEFAULT_CONFIG['language']}"})
     engine = fields.String(load_default="", validate=validate.OneOf(["", *ENGINES], error=f"unknown engine {{input!r}}: use one of {', '.join(ENGINES)}"),
                            metadata={"description": "absent: puppet"})
 
@@ -277,6 +282,7 @@ class ConsoleConfigSchema(Schema):
     ice_servers = fields.List(fields.Dict(), required=True)
     connect_timeout = fields.Float(required=True)
     tts_models = fields.List(fields.String(), required=True)
+    asr_models = fields.List(fields.String(), required=True)
     max_upload_bytes = fields.Integer(required=True)
     version = fields.String(required=True)
 
@@ -294,6 +300,8 @@ class AvatarRecordSchema(Schema):
     engine = fields.String()
     tts_model = fields.String()
     timbre = fields.String()
+    asr_model = fields.String()
+    language = fields.String()
     preview_url = fields.String(required=True)
     registered = fields.Boolean(metadata={"description": "false: a folder put in place by hand"})
     digest = fields.String(metadata={"description": "of the prepared folder (sha256:HEX), which hosts that download "

@@ -15,7 +15,7 @@ from contracts.bounds import DEFAULT as DEFAULT_BOUNDS
 from contracts.cors import allowed_origins
 from contracts.ice import parse_ice_servers
 from contracts.limits import MAX_JSON_BYTES
-from contracts.ports import AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
+from contracts.ports import ASR_PORTS, AVATAR_BASE_PORT, MANAGER_HOST, MANAGER_PORT, TTS_PORTS
 from contracts.settings import ConfigError, number, port_range
 
 from .instances import url_host
@@ -28,6 +28,11 @@ def _port(env: dict, name: str, default: int) -> int:
     if value > 65535:
         raise ConfigError(f"{name}={value} is not a TCP port (1-65535)")
     return value
+
+
+def _model_ports(env: dict, kind: str, defaults: dict[str, int]) -> dict[str, int]:
+    """Model -> its server's port: contracts.ports' table, {KIND}_PORT_{MODEL} overriding it."""
+    return {name: _port(env, f"{kind}_PORT_{name.upper()}", port) for name, port in defaults.items()}
 
 
 def _gpu_ids(raw: str) -> list[int] | None:
@@ -162,6 +167,7 @@ class Settings:
     max_body_bytes: int
     worker_module: str           # the lip-sync worker program, run as `python -m MODULE`
     tts_ports: dict[str, int]    # TTS model -> its server's port (TTS_PORT_<MODEL> overrides)
+    asr_ports: dict[str, int]    # ASR model -> its server's port (ASR_PORT_<MODEL> overrides)
     max_avatar_file_bytes: int   # uploads for registration (MAX_AVATAR_FILE_SIZE, in MB)
     register_timeout: float      # a registration still running after this is killed
     register_wait: float         # POST /avatar/register answers with the result within this, else 202
@@ -223,7 +229,8 @@ class Settings:
             cors_origins=_cors_origins(env),
             max_body_bytes=number(env, "MAX_JSON_BYTES", MAX_JSON_BYTES, 256, int),
             worker_module=env.get("WORKER_MODULE") or "lipsync_worker",
-            tts_ports={name: _port(env, f"TTS_PORT_{name.upper()}", port) for name, port in TTS_PORTS.items()},
+            tts_ports=_model_ports(env, "TTS", TTS_PORTS),
+            asr_ports=_model_ports(env, "ASR", ASR_PORTS),
             max_avatar_file_bytes=int(number(env, "MAX_AVATAR_FILE_SIZE", 50.0, 0.001) * 1024 * 1024),
             register_timeout=number(env, "REGISTER_TIMEOUT", 300.0, 1.0),
             register_wait=number(env, "REGISTER_WAIT", 60.0, 0.0),

@@ -31,7 +31,7 @@ def backoff_delay(failures: int) -> float:
 
 @dataclass(eq=False)
 class Child:
-    """A supervised process: a worker (by avatar) or a TTS server (by model)."""
+    """A supervised process: a worker (by avatar) or a TTS or ASR server (by model)."""
     name: str
     proc: Proc | None = None
     busy: bool = False        # a step runs for it

@@ -18,10 +18,10 @@ from . import avatar_sync, ports, procs, reconcile, relayed_sessions
 from .instances import HOLDS_PORT, Instance, State
 from .logs import prune_instance_logs
 from .metrics import start_observation
+from .model_servers import ModelServers
 from .settings import Settings
 from .steps import Child, Proc, Report, Steps, backoff_delay
 from .store.base import Store, StoreError
-from .tts import TtsServers
 from .workers import Fence, avatar_spec, command, log_path
 
 log = logging.getLogger("avatar_manager.supervisor")
@@ -31,13 +31,14 @@ STAYED_UP = 60.0        # a worker up this long before a crash starts a fresh fa
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, store: Store, steps: Steps, tts: TtsServers,
+    def __init__(self, settings: Settings, store: Store, steps: Steps, tts: ModelServers, asr: ModelServers,
                  shutting_down: Callable[[], bool], fence: Fence | None = None) -> None:
         self.settings = settings
         self.worker_fence = fence  # workers end themselves when the agent stops renewing the host lease
         self.store = store
         self.steps = steps
         self.tts = tts
+        self.asr = asr
         self.shutting_down = shutting_down
         self.workers: dict[str, Child] = {}   # avatar -> its worker
         self.next_scan = 0.0                   # when to look for workers of ours nobody owns
@@ -156,8 +157,9 @@ class Supervisor:
 
     def _start(self, child: Child, instance: Instance, now: float) -> None:
         """Its avatar's folder (downloaded from the API when this host lacks the registered one),
-        its TTS server (or without it, for now: the worker falls back to the offline voice), then
-        a step spawns the worker and waits until its /health answers with the instance's token."""
+        its TTS and ASR servers (or without one that cannot be had for now: the worker falls back
+        to the offline voice, or goes without speech recognition), then a step spawns the worker
+        and waits until its /health answers with the instance's token."""
         if self.settings.fleet_api_url and child.fetched_for != instance.token:
             self.steps.run(child, lambda report: self._fetch(report, child, instance))
             return
@@ -166,8 +168,9 @@ class Supervisor:
         except ValueError as exc:
             self.finish(child, instance, str(exc), now)
             return
-        if not self.tts.ready_for(spec.tts, now):
-            return  # its start is under way; looked at again next tick
+        # Both asked each time, so that both servers start at once.
+        if not all([self.tts.ready_for(spec.tts, now), self.asr.ready_for(spec.asr, now)]):
+            return  # a server's start is under way; looked at again next tick
         if not ports.is_free(instance.port):
             self.finish(child, instance, f"port {instance.port} is in use by another process", now)
             return

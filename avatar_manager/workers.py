@@ -6,21 +6,25 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.asr_models import check_language
 from contracts.avatars import read_config
 from contracts.cors import as_setting
 from contracts.engines import needs_gpu
 
 from .instances import Instance
+from .model_servers import ASR, TTS, ServedModel, model_for
 from .procs import service_env
 from .settings import Settings
-from .tts import TtsModel, model_for, table
+
 
 @dataclass(frozen=True)
 class AvatarSpec:
     name: str
     engine: str
-    tts: TtsModel
+    tts: ServedModel
     timbre: str
+    asr: ServedModel
+    language: str             # what its viewers speak
     transport: str
     max_session: int
 
@@ -39,9 +43,11 @@ def avatar_spec(settings: Settings, name: str) -> AvatarSpec:
     except (TypeError, ValueError):
         raise ValueError(f"avatar {name!r}: max_session={config['max_session']!r} must be a positive integer") \
             from None
-    tts = model_for(table(settings.tts_ports), str(config["tts_model"]))
-    return AvatarSpec(name=name, engine=str(config["avatar_model"]).lower(), tts=tts,
-                      timbre=str(config["timbre"]), transport=str(config["transport"]), max_session=max_session)
+    tts = model_for(TTS, settings.tts_ports, str(config["tts_model"]))
+    asr = model_for(ASR, settings.asr_ports, str(config["asr_model"]))
+    return AvatarSpec(name=name, engine=str(config["avatar_model"]).lower(), tts=tts, timbre=str(config["timbre"]),
+                      asr=asr, language=check_language(config["language"]), transport=str(config["transport"]),
+                      max_session=max_session)
 
 
 def log_path(settings: Settings, instance: Instance) -> Path:
@@ -63,7 +69,8 @@ def command(settings: Settings, spec: AvatarSpec, instance: Instance,
     argv = [sys.executable, "-m", settings.worker_module,
             f"--transport={spec.transport}", f"--model={spec.engine}", f"--avatar_id={spec.name}",
             f"--max_session={spec.max_session}", f"--listenport={instance.port}",
-            f"--tts={spec.tts.name}", f"--TTS_SERVER={spec.tts.url}", f"--REF_FILE={spec.timbre}"]
+            f"--tts={spec.tts.name}", f"--TTS_SERVER={spec.tts.url}", f"--REF_FILE={spec.timbre}",
+            f"--ASR_SERVER={spec.asr.url}", f"--language={spec.language}"]
     # It requires our API token on its routes, and gets the CORS origins we decided, which then
     # hold for the whole fleet.
     # It listens where the API processes reach it (WORKER_HOST, when set, wins: e.g. 0.0.0.0).

@@ -39,9 +39,13 @@ def schema_name(schema: type[Schema]) -> str:
     return schema.__name__.removesuffix("Schema")
 
 
-def aiohttp_document(app, title: str, version: str, schemas: Iterable[type[Schema]]) -> dict:
-    """The document of an aiohttp application, from its router and its handlers' docstrings."""
+def aiohttp_document(app, title: str, version: str, schemas: Iterable[type[Schema]],
+                     parameters: dict[str, dict] | None = None) -> dict:
+    """The document of an aiohttp application, from its router and its handlers' docstrings.
+    `parameters`: parameter objects by name, which operations list by that name (`parameters: [Language]`)."""
     spec = _spec(title, version, schemas)
+    for name, parameter in (parameters or {}).items():
+        spec.components.parameter(name, parameter["in"], parameter)
     for route in app.router.routes():
         method = route.method.lower()
         operations = load_operations_from_docstring(route.handler.__doc__ or "")

@@ -19,10 +19,11 @@ from .bounds import Bounds
 ARGV = ("-m", "lipsync_worker", "prepare", "--json")   # after the Python interpreter
 REFUSED = 2
 MAX_REQUEST_BYTES = 64 * 1024   # a request holds a path, a name and a few short settings
-OVERRIDES = ("tts_model", "timbre", "avatar_model")      # what a request may set in the avatar's config.json
+# What a request may set in the avatar's config.json.
+OVERRIDES = ("tts_model", "timbre", "asr_model", "language", "avatar_model")
 BOUNDS = ("max_pixels", "max_video_pixels", "memory_mb")  # what the manager's settings decide of Bounds
 RESULT = ("source_type", "source_format", "frame_count", "size", "faces", "quality", "tts_model", "timbre",
-          "engine", "engines_ready", "processing_seconds")
+          "asr_model", "language", "engine", "engines_ready", "processing_seconds")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ class Manager:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         settings = {**(TEST_SETTINGS if test_settings else {}), **env}
         self.max_avatars = int(settings.get("MAX_AVATARS", DEFAULT_MAX_AVATARS))
-        # TTS servers on ports of their own too, so that managers never share one by accident.
+        # TTS and ASR servers on ports of their own too, so that managers never share one by accident.
         self.env = {**os.environ, **manager_ports(self.max_avatars), "AVATAR_DATA_DIR": str(self.data_dir),
                     "LOG_DIR": str(self.log_dir), **settings}
         self.port = int(self.env["AVATAR_MANAGER_PORT"])
@@ -85,7 +85,7 @@ class Manager:
     def same_ports(self) -> dict[str, str]:
         """The port settings of this manager, for one started in its place."""
         return {k: v for k, v in self.env.items()
-                if k.startswith("TTS_PORT_") or k in ("AVATAR_MANAGER_PORT", "AVATAR_BASE_PORT")}
+                if k.startswith(("TTS_PORT_", "ASR_PORT_")) or k in ("AVATAR_MANAGER_PORT", "AVATAR_BASE_PORT")}
 
     def info(self, key: str) -> dict | None:
         """GET /avatar/info/<key>: the instance, or None when there is none."""
@@ -94,6 +94,9 @@ class Manager:
 
     def tts_port(self, model: str) -> int:
         return int(self.env[f"TTS_PORT_{model.upper()}"])
+
+    def asr_port(self, model: str) -> int:
+        return int(self.env[f"ASR_PORT_{model.upper()}"])
 
     def avatar(self, name: str, **config) -> Path:
         return make_avatar(self.data_dir, name, **config)
@@ -134,7 +137,7 @@ class Manager:
             return []
 
     def remember_tree(self) -> None:
-        """Note every process below the manager now (workers, TTS servers, gunicorn), so that
+        """Note every process below the manager now (workers, TTS and ASR servers, gunicorn), so that
         stop() makes sure of them even if the manager dies first."""
         for p in self.tree():
             self._seen.setdefault(p.pid, p)

@@ -52,14 +52,16 @@ def free_port_block(width: int, kind: socket.SocketKind = socket.SOCK_STREAM) ->
 
 
 def manager_ports(max_avatars: int) -> dict[str, str]:
-    """AVATAR_MANAGER_PORT, AVATAR_BASE_PORT and every TTS_PORT_* for one manager, from one free
-    block, so they cannot overlap one another (separate blocks could) nor another manager's."""
-    from contracts.ports import TTS_PORTS
+    """AVATAR_MANAGER_PORT, AVATAR_BASE_PORT and every TTS_PORT_* and ASR_PORT_* for one manager,
+    from one free block, so they cannot overlap one another (separate blocks could) nor another
+    manager's."""
+    from contracts.ports import ASR_PORTS, TTS_PORTS
 
-    base = free_port_block(1 + max_avatars + len(TTS_PORTS))
-    tts_base = base + 1 + max_avatars
+    servers = [f"{kind}_PORT_{name.upper()}" for kind, table in (("TTS", TTS_PORTS), ("ASR", ASR_PORTS))
+               for name in sorted(table)]
+    base = free_port_block(1 + max_avatars + len(servers))
     return {"AVATAR_MANAGER_PORT": str(base), "AVATAR_BASE_PORT": str(base + 1),
-            **{f"TTS_PORT_{name.upper()}": str(tts_base + i) for i, name in enumerate(sorted(TTS_PORTS))}}
+            **{name: str(base + 1 + max_avatars + i) for i, name in enumerate(servers)}}
 
 
 async def wait_healthy(url: str, path: str = "/health", timeout: float = 20.0) -> None:

@@ -58,7 +58,8 @@ def prepare_avatar(request: prepare.Request) -> dict:
         ready.append("musetalk")
     return {"source_type": prepared.kind, "source_format": prepared.format, "frame_count": prepared.frame_count,
             "size": list(prepared.size), "faces": prepared.faces, "quality": prepared.quality.to_json(),
-            "tts_model": config["tts_model"], "timbre": config["timbre"], "engine": config["avatar_model"],
+            "tts_model": config["tts_model"], "timbre": config["timbre"], "asr_model": config["asr_model"],
+            "language": config["language"], "engine": config["avatar_model"],
             "engines_ready": ready, "processing_seconds": round(time.monotonic() - started, 3)}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from typing import AsyncIterator, Callable
@@ -112,8 +113,8 @@ class Session:
                             started = True
                         if turn is not None:
                             turn.mark("tts_first_audio")
-                            self.speech.when_taken(lambda: turn.mark("first_audio_sent"))
-                            turn = None
+                            self.speech.when_taken(functools.partial(turn.mark, "first_audio_sent"))
+                            turn = None   # timed once: by the first sentence's first chunk
                         self.speech.append(chunk)
                         # Synthesised now: it counts in speech.pending instead.
                         self._talks[me] = max(0, self._talks[me] - len(chunk.pcm) // 2)

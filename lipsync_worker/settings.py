@@ -125,7 +125,7 @@ def from_args(argv: list[str] | None = None) -> WorkerSettings:
         api_token=token_from(env),
         asr_server=args.ASR_SERVER, language=args.language,
         vad=VadSettings(threshold=number(env, "VAD_THRESHOLD", 0.5, 0.05),
-                        silence_ms=number(env, "VAD_SILENCE_MS", 500, 100, int),
+                        silence_ms=number(env, "VAD_SILENCE_MS", 400, 100, int),
                         min_speech_ms=number(env, "VAD_MIN_SPEECH_MS", 250, 0, int)),
         barge_in=switch(env, "BARGE_IN", True),
     )

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from enum import Enum
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +27,11 @@ def _model():
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1   # 32 ms of audio takes ~0.2 ms
-    path = resources.files("silero_vad.data") / "silero_vad.onnx"
+    # Found without importing the package, whose __init__ imports torch.
+    package = importlib.util.find_spec("silero_vad")
+    if package is None:
+        raise RuntimeError("the silero-vad package is not installed: run ./start.sh install")
+    path = Path(package.submodule_search_locations[0]) / "data" / "silero_vad.onnx"
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -50,7 +55,7 @@ class SileroVAD:
 @dataclass(frozen=True)
 class VadSettings:
     threshold: float = 0.5          # VAD_THRESHOLD: a window this likely to be speech starts a turn
-    silence_ms: int = 500           # VAD_SILENCE_MS: this much silence ends it
+    silence_ms: int = 400           # VAD_SILENCE_MS: this much silence ends it
     min_speech_ms: int = 250        # VAD_MIN_SPEECH_MS: shorter speech (a cough, a click) is not a turn
     max_speech_s: float = 30.0      # a turn is ended here even if the speaker goes on
 

@@ -4,6 +4,9 @@ ones are, openai against a local stand-in for OpenAI's transcription API."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -11,9 +14,10 @@ import pytest
 import requests
 
 from asr_services.client import ASRClient, ASRError
-from conftest import Server, asr_argv, run
+from conftest import ROOT, Server, asr_argv, run
 from harness.ports import free_port
 from tts_services.client import LocalTTS
+from upstreams import TRANSCRIPT
 
 # From espeak, sphinx hears "coffee" in this whatever its decoder heard before (shorter sentences
 # come out right only once the decoder has adapted to the voice).
@@ -23,15 +27,12 @@ LIMIT_SECONDS = 4      # the sphinx server's ASR_MAX_UTTERANCE_SECONDS: SPEECH (
 TOKEN = "asr-test-token"
 
 
-def say(text: str) -> bytes:
-    async def collect() -> bytes:
-        return b"".join([chunk.pcm async for chunk in LocalTTS().stream(text)])
-    return run(collect())
-
-
 @pytest.fixture(scope="module")
 def speech() -> bytes:
-    return say(SPEECH)
+    """SPEECH as 16 kHz s16le PCM, spoken by the offline espeak voice."""
+    async def say() -> bytes:
+        return b"".join([chunk.pcm async for chunk in LocalTTS().stream(SPEECH)])
+    return run(say())
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +49,25 @@ def asr_server(spawn, model: str, **env: str) -> Server:
     return spawn(asr_argv(model), env=env)
 
 
+def pieces(pcm: bytes) -> list[bytes]:
+    """20 ms pieces, as a microphone sends them."""
+    return [pcm[start:start + CHUNK] for start in range(0, len(pcm), CHUNK)]
+
+
 async def stream(client: ASRClient, pcm: bytes, language: str = "en") -> tuple[str, list[str]]:
-    """The final and the partials of one utterance sent in 20 ms pieces, as a microphone would."""
+    """The final and the partials of one utterance sent through the client in 20 ms pieces."""
     partials: list[str] = []
     async with client.utterance(language, partials.append) as utterance:
-        for start in range(0, len(pcm), CHUNK):
-            await utterance.send(pcm[start:start + CHUNK])
+        for piece in pieces(pcm):
+            await utterance.send(piece)
         return await utterance.finish(), partials
 
 
-async def exchange(url: str, *messages, finals: int = 0, query: str = "language=en",
-                   headers: dict | None = None) -> tuple[list[dict], int | None]:
+async def exchange(url: str, *messages, finals: int = 0, query: str = "language=en") -> tuple[list[dict], int | None]:
     """On a raw socket: send `messages` (bytes: binary; dict: JSON text; str: raw text), then read
-    until `finals` finals came or the server closed. What it sent, and its close code."""
+    until `finals` finals came (0: until the server closes). What the server sent, and its close code."""
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{url.replace('http', 'ws')}/asr?{query}", headers=headers) as ws:
+        async with http.ws_connect(f"{url.replace('http', 'ws')}/asr?{query}") as ws:
             for message in messages:
                 if isinstance(message, bytes):
                     await ws.send_bytes(message)
@@ -71,7 +76,7 @@ async def exchange(url: str, *messages, finals: int = 0, query: str = "language=
                 else:
                     await ws.send_str(message)
             received: list[dict] = []
-            while sum(event["type"] == "final" for event in received) < finals or not finals:
+            while not finals or sum(event["type"] == "final" for event in received) < finals:
                 message = await ws.receive(timeout=30)
                 if message.type != aiohttp.WSMsgType.TEXT:
                     break
@@ -79,13 +84,17 @@ async def exchange(url: str, *messages, finals: int = 0, query: str = "language=
             return received, ws.close_code
 
 
-def pieces(pcm: bytes) -> list[bytes]:
-    return [pcm[start:start + CHUNK] for start in range(0, len(pcm), CHUNK)]
-
-
 def metric(server: Server, line_start: str) -> float:
     text = requests.get(server.url + "/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def refusal(env: dict, *argv: str) -> subprocess.CompletedProcess:
+    """`python -m asr_services ARGV` run to its end: it is expected to stop at once."""
+    done = subprocess.run([sys.executable, "-m", "asr_services", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
 
 
 # --- sphinx ---------------------------------------------------------------------------------------
@@ -200,6 +209,12 @@ def test_the_sphinx_server_loads_no_whisper_libraries(sphinx):
     assert "ctranslate2" not in mapped and "onnxruntime" not in mapped
 
 
+def test_nothing_above_went_wrong_inside_the_sphinx_server(sphinx):
+    """Last of the sphinx tests: every refusal above was answered, none was an unhandled error."""
+    log = sphinx.log.read_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log
+
+
 def test_an_idle_socket_is_closed_with_a_reason(spawn):
     server = asr_server(spawn, "sphinx", ASR_IDLE_TIMEOUT="0.5")
     events, code = run(exchange(server.url))
@@ -230,7 +245,113 @@ def test_a_server_that_is_not_there_is_an_asr_error():
         run(stream(client, b"\x00\x00"))
 
 
-def test_nothing_above_went_wrong_inside_the_sphinx_server(sphinx):
-    """Last of the sphinx tests: every refusal above was answered, none was an unhandled error."""
-    log = sphinx.log.read_text()
-    assert "Traceback" not in log and "Error handling request" not in log, log
+# --- whisper --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def whisper_models(tmp_path_factory) -> Path:
+    """MODELS_DIR with a tiny random multilingual Whisper as whisper/tiny-random."""
+    from harness.whisper import save_random   # torch and transformers: only for these tests
+
+    root = tmp_path_factory.mktemp("models")
+    save_random(root / "whisper" / "tiny-random")
+    return root
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory, whisper_models):
+    server = Server(asr_argv("whisper"), tmp_path_factory.mktemp("whisper") / "server.log",
+                    {"MODELS_DIR": str(whisper_models), "WHISPER_MODEL": "tiny-random"})
+    try:
+        yield server.wait_ready(timeout=60)
+    finally:
+        server.stop()
+
+
+def test_whisper_knows_its_languages_and_transcribes_in_them(whisper, speech):
+    health = requests.get(whisper.url + "/health", timeout=5).json()
+    assert health["model"] == "whisper" and {"en", "fa", "de"} <= set(health["languages"])
+    client = ASRClient(whisper.url, timeout=60)
+    for language in ("en", "fa"):   # a random model: any text, but through the whole real path
+        assert isinstance(run(client.transcribe(speech, language)), str)
+    with pytest.raises(ASRError, match="whisper model does not recognise 'xx'"):
+        run(client.transcribe(speech, "xx"))
+
+
+def test_whisper_streams_partials_then_a_final(whisper, speech):
+    final, partials = run(stream(ASRClient(whisper.url, timeout=60), speech, "fa"))
+    assert isinstance(final, str)
+    # Transcribed again after each second of new audio: at most one partial a second.
+    assert 1 <= len(partials) <= int(len(speech) / 32000), partials
+    assert "Traceback" not in whisper.log.read_text()
+
+
+def test_whisper_takes_a_model_folder_by_its_absolute_path(spawn, whisper_models):
+    server = asr_server(spawn, "whisper", WHISPER_MODEL=str(whisper_models / "whisper" / "tiny-random"))
+    assert requests.get(server.url + "/health", timeout=5).json()["model"] == "whisper"
+
+
+def test_whisper_without_weights_stops_naming_the_folder_and_the_command(tmp_path):
+    done = refusal({"MODELS_DIR": str(tmp_path)}, "--model", "whisper")
+    assert done.returncode == 2
+    for said in (str(tmp_path / "whisper" / "small"), "model.bin", "tokenizer.json",
+                 "python -m asr_services download-models --whisper small"):
+        assert said in done.stderr
+    # A folder without its tokenizer: faster-whisper would fetch one from the hub; refused first.
+    folder = tmp_path / "whisper" / "base"
+    folder.mkdir(parents=True)
+    for name in ("model.bin", "config.json", "vocabulary.txt"):
+        (folder / name).write_text("{}")
+    done = refusal({"MODELS_DIR": str(tmp_path), "WHISPER_MODEL": "base", "HF_HUB_OFFLINE": "1"}, "--model", "whisper")
+    assert done.returncode == 2 and "missing: tokenizer.json." in done.stderr
+
+
+def test_download_models_without_the_hub_says_so(tmp_path):
+    done = refusal({"MODELS_DIR": str(tmp_path), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
+                   "download-models", "--whisper", "tiny")
+    assert done.returncode == 1
+    assert "could not fetch Systran/faster-whisper-tiny" in done.stderr
+    assert str(tmp_path / "whisper" / "tiny") in done.stderr
+
+
+# --- openai ---------------------------------------------------------------------------------------
+
+
+def test_openai_without_asr_url_stops_saying_what_to_set():
+    done = refusal({"ASR_URL": ""}, "--model", "openai")
+    assert done.returncode == 2 and "needs ASR_URL" in done.stderr and "--model openai" in done.stderr
+
+
+def test_openai_sends_the_utterance_as_wav_and_answers_its_text(spawn, upstream, speech):
+    up = upstream("openai")
+    server = asr_server(spawn, "openai", ASR_URL=up.url + "/v1", ASR_API_KEY="sk-test",
+                        ASR_OPENAI_MODEL="whisper-large-v3")
+    assert requests.get(server.url + "/health", timeout=5).json()["languages"] is None   # whatever upstream knows
+    assert run(ASRClient(server.url).transcribe(speech, "fa-IR")) == TRANSCRIPT
+    assert requests.get(up.url + "/last", timeout=5).json() == {
+        "model": "whisper-large-v3", "language": "fa", "response_format": "json", "authorization": "Bearer sk-test",
+        "filename": "utterance.wav", "rate": 16000, "channels": 1, "sample_width": 2, "samples": len(speech) // 2}
+    final, partials = run(stream(ASRClient(server.url), speech))
+    assert final == TRANSCRIPT and partials == []   # it has no running hypothesis
+    assert requests.get(up.url + "/last", timeout=5).json()["samples"] == len(speech) // 2
+
+
+def test_an_utterance_the_server_ends_at_the_limit_comes_back_whole(spawn, upstream, speech):
+    up = upstream("openai")
+    server = asr_server(spawn, "openai", ASR_URL=up.url + "/v1", ASR_MAX_UTTERANCE_SECONDS="1")
+    final, _ = run(stream(ASRClient(server.url), speech))   # 2.6 s: ended at 1 s and 2 s, then the rest
+    assert final == " ".join([TRANSCRIPT] * 3)
+
+
+@pytest.mark.parametrize("down, said", [("no server", "is unreachable"), ("error", "answered 500")])
+def test_an_openai_upstream_down_or_failing_is_a_503_not_a_500(spawn, upstream, speech, down, said):
+    url = f"http://127.0.0.1:{free_port()}" if down == "no server" else upstream("openai", "--mode", "error").url
+    server = asr_server(spawn, "openai", ASR_URL=url + "/v1")
+    answer = requests.post(server.url + "/transcribe", data=speech, headers={"Content-Type": "audio/L16"}, timeout=10)
+    assert answer.status_code == 503 and said in answer.json()["message"]
+    with pytest.raises(ASRError, match=said):
+        run(stream(ASRClient(server.url), speech))
+    events, code = run(exchange(server.url, *pieces(speech), {"type": "end"}))
+    assert [event["type"] for event in events] == ["error"] and said in events[0]["message"]
+    assert code == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+    assert "Traceback" not in server.log.read_text()

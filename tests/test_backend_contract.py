@@ -292,5 +292,7 @@ def test_openapi_documents_every_route_and_needs_no_token(manager):
         assert name in document["components"][kind], ref
     start = paths["/avatar/start"]["post"]
     assert {"200", "400", "401", "404", "413", "503"} <= set(start["responses"])
+    register = document["components"]["schemas"]["Register"]["properties"]
+    assert {"tts_model", "timbre", "asr_model", "language", "engine"} <= set(register)
     assert "409" in paths["/avatar/stop"]["post"]["responses"]
     assert paths["/health"]["get"]["security"] == [] and paths["/openapi.json"]["get"]["security"] == []

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Settings the outer environment must not leak into a run.
 SETTINGS = ("AVATAR_DATA_DIR", "AVATAR_MANAGER_HOST", "AVATAR_MANAGER_PORT", "AVATAR_BASE_PORT", "MAX_AVATARS",
             "LOG_DIR", "REDIS_URL", "GPU_IDS", "GPU_MIN_FREE_MB", "API_TOKEN", "MODELS_DIR",
-            "EDGETTS_PROXY", "PYTHONPATH", "FAKE_NVML")
+            "EDGETTS_PROXY", "PYTHONPATH", "FAKE_NVML", "ASR_URL", "WHISPER_MODEL")
 
 FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
 TWO_GPUS = {"gpus": [{"name": "Fake A100", "total_mb": 40960, "free_mb": 30000},
@@ -114,9 +114,15 @@ def test_avatars_are_checked_one_by_one(tmp_path):
     native_avatar(data, "badtts", tts_model="nosuchvoice")
     native_avatar(data, "muse", avatar_model="musetalk")
     native_avatar(data, "hoarse", timbre="NoSuchTimbre")
+    native_avatar(data, "deaf", asr_model="whisper", language="fa")
+    native_avatar(data, "cloud", asr_model="openai")
+    native_avatar(data, "babel", language="Babel")
     run = doctor(env)
     assert run.code == 1, run.text
-    assert run.has("ok", "avatar good:", "puppet", "espeak", "FemaleA"), run.text
+    assert run.has("ok", "avatar good:", "puppet", "espeak", "FemaleA", "sphinx ASR (en)"), run.text
+    assert run.has("warn", "avatar deaf:", "no whisper weights", str(tmp_path / "models"), "download-models"), run.text
+    assert run.has("warn", "avatar cloud:", "ASR_URL is not set"), run.text
+    assert run.has("fail", "avatar babel:", "language 'Babel'"), run.text
     assert run.has("fail", "avatar broken:", "prepare"), run.text
     assert run.has("fail", "avatar noregions:", "regions.json"), run.text
     assert run.has("fail", "avatar badtts:", "nosuchvoice"), run.text
@@ -173,6 +179,18 @@ def test_without_nvml_instances_run_on_the_cpu(tmp_path):
     run = doctor({**base_env(tmp_path), "PYTHONPATH": str(FAKE_NVML_DIR), "FAKE_NVML": '{"error": "driver"}'})
     assert run.code == 0, run.text
     assert run.has("warn", "GPUs: none", "Driver Not Loaded", "instances run on the CPU"), run.text
+
+
+def test_whisper_weights_in_place_are_found(tmp_path):
+    env = base_env(tmp_path)
+    native_avatar(tmp_path / "data", "ears", asr_model="whisper")
+    size = Path(env["MODELS_DIR"]) / "whisper" / "tiny"
+    size.mkdir(parents=True)
+    for name in ("model.bin", "config.json", "tokenizer.json", "vocabulary.json"):
+        (size / name).write_text("{}")
+    assert doctor(env).has("warn", "avatar ears:", "no whisper weights")
+    run = doctor({**env, "WHISPER_MODEL": "tiny"})
+    assert run.has("ok", "avatar ears:", "whisper ASR") and not run.has("warn", "avatar ears:"), run.text
 
 
 def test_musetalk_weights_in_place_are_found(tmp_path):

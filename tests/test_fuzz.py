@@ -15,15 +15,15 @@ from pathlib import Path
 import psutil
 import requests
 
-from conftest import Server, tts_argv
+from conftest import Server, asr_argv, tts_argv
 from harness.avatars import make_avatar
 from harness.processes import wait_for
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # seed, examples per operation, checks, timeouts
 RUN_TIMEOUT_S = 150  # the whole run against one service
-# The worker and the TTS server run behind an API token, as the manager starts them when it has
-# one: schemathesis sends it, and its ignored_auth check sends requests without it, which must be
-# refused (401) wherever the document says the token applies.
+# The worker and the TTS and ASR servers run behind an API token, as the manager starts them when
+# it has one: schemathesis sends it, and its ignored_auth check sends requests without it, which
+# must be refused (401) wherever the document says the token applies.
 TOKEN = "fuzz-token"
 WITH_TOKEN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -68,6 +68,16 @@ def test_tts_server(spawn, tmp_path):
     assert unexpected_tracebacks(server.log.read_text()) == []
     assert requests.post(server.url + "/tts", json={"text": "Still here."}, headers=WITH_TOKEN,
                          timeout=10).status_code == 200
+    assert_no_problems(run)
+
+
+def test_asr_server(spawn, tmp_path):
+    server: Server = spawn(asr_argv("sphinx"), env={"API_TOKEN": TOKEN})
+    run = fuzz(server.url, tmp_path, TOKEN)
+    # Nothing failed unseen, and it still recognises (a second of silence: an empty text).
+    assert unexpected_tracebacks(server.log.read_text()) == []
+    assert requests.post(server.url + "/transcribe", data=bytes(32000), timeout=10,
+                         headers={**WITH_TOKEN, "Content-Type": "audio/L16"}).json()["seconds"] == 1
     assert_no_problems(run)
 
 

@@ -355,9 +355,9 @@ def test_failed_starts_report_why_and_leave_nothing(manager):
         message = error(m.start_avatar(f"{name}_user_1", name), 503)
         assert "STARTUP_TIMEOUT" in message, message
         assert only_manager_processes(), m.workers()
-        for p in m.tree():  # the manager, its API, the TTS server it started: nothing else
+        for p in m.tree():  # the manager, its API, the TTS and ASR servers it started: nothing else
             argv = " ".join(p.cmdline())
-            assert "avatar_manager" in argv or "gunicorn" in argv or "tts_services" in argv, argv
+            assert any(part in argv for part in ("avatar_manager", "gunicorn", "tts_services", "asr_services")), argv
         assert port_free(only_port)
         assert ok(m.start_avatar("fine_user_1", "fine"))["port"] == only_port
         ok(m.post("/avatar/stop", {"avatar_id": "fine"}))

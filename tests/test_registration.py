@@ -160,12 +160,16 @@ def test_an_oversized_upload_is_refused_with_413(manager):
     nothing_written(m, "big")
 
 
-def test_missing_file_and_unknown_voice_are_bad_requests(manager):
+def test_missing_file_unknown_models_and_a_bad_language_are_bad_requests(manager):
     m = manager(WORKER_MODULE="tests.fake_worker")
     no_file = requests.post(m.url + "/avatar/register", data={"avatar_name": "x"}, timeout=10)
     assert no_file.status_code == 400 and "file" in no_file.json()["message"]
     voice = register(m, "x", encoded(portrait()), tts_model="festival")
     assert voice.status_code == 400 and "festival" in voice.json()["message"]
+    ears = register(m, "x", encoded(portrait()), asr_model="kaldi")
+    assert ears.status_code == 400 and "unknown ASR model 'kaldi'" in ears.json()["message"]
+    language = register(m, "x", encoded(portrait()), language="English")
+    assert language.status_code == 400 and "language 'English'" in language.json()["message"]
     engine = register(m, "x", encoded(portrait()), engine="wav2lip")
     assert engine.status_code == 400 and "wav2lip" in engine.json()["message"]
     nothing_written(m, "x")
@@ -201,12 +205,19 @@ def test_concurrent_registrations_of_one_name_never_interleave(manager):
 
 def test_operators_register_from_the_command_line(tmp_path):
     env = {**os.environ, "AVATAR_DATA_DIR": str(tmp_path / "data"), "LOG_DIR": str(tmp_path / "logs")}
-    done = subprocess.run([sys.executable, "-m", "avatar_manager", "register", str(PORTRAIT), "--name", "cli",
-                           "--tts-model", "espeak"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "avatar_manager", "register", str(PORTRAIT), "--name", "cli"]
+    refused = subprocess.run([*command, "--language", "Klingon"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "language 'Klingon'" in refused.stderr
+    assert not (tmp_path / "data" / "avatars" / "cli").exists()
+    done = subprocess.run([*command, "--tts-model", "espeak", "--asr-model", "whisper", "--language", "fa"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["name"] == "cli"
-    again = subprocess.run([sys.executable, "-m", "avatar_manager", "register", str(PORTRAIT), "--name", "cli"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    record = json.loads(done.stdout)
+    assert (record["name"], record["asr_model"], record["language"]) == ("cli", "whisper", "fa")
+    config = json.loads((tmp_path / "data" / "avatars" / "cli" / "config.json").read_text())
+    assert (config["asr_model"], config["language"]) == ("whisper", "fa")
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "exists" in again.stderr
 
 

@@ -31,7 +31,7 @@ from harness.processes import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = "tests.test_supervision"
-OUR_MODULES = ("avatar_manager", "gunicorn", "lipsync_worker", "tests.fake_worker", "tts_services", SHIM)
+OUR_MODULES = ("avatar_manager", "gunicorn", "lipsync_worker", "tests.fake_worker", "tts_services", "asr_services", SHIM)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_a_crashed_workers_forked_helpers_die_with_it(manager):
 
 # --- the whole manager -----------------------------------------------------------------------------
 
-def test_sigterm_stops_every_worker_tts_server_and_gunicorn_and_exits_0(manager, demo_source):
+def test_sigterm_stops_every_worker_tts_and_asr_server_and_gunicorn_and_exits_0(manager, demo_source):
     m = manager(start=False, WORKER_MODULE=SHIM, STOP_TIMEOUT=1)
     make_avatar(m.data_dir, "demo", source=demo_source)          # the real worker, espeak voice
     # The fake worker makes the shutdown harder: it ignores SIGTERM and has forked helpers; its
@@ -182,6 +182,8 @@ def test_sigterm_stops_every_worker_tts_server_and_gunicorn_and_exits_0(manager,
     assert sum("gunicorn" in c for c in by_pid.values()) == 3              # master + 2 workers
     tts = {c.split("--model ")[1].split()[0] for c in by_pid.values() if "-m tts_services" in c}
     assert tts == ours
+    asr = [c.split("--model ")[1].split()[0] for c in by_pid.values() if "-m asr_services" in c]
+    assert asr == ["sphinx"]  # both avatars' default
 
     m.proc.send_signal(signal.SIGTERM)
     assert m.proc.wait(timeout=60) == 0

@@ -7,14 +7,18 @@ upstream's own sample rate, so a test can check length and pitch after our resam
 GET /last returns what the latest synthesis request carried, for asserting the bridge's request.
 Modes: cut = drop the connection halfway; hang = never answer; error = answer 400 as upstream does.
 openai answers POST /v1/chat/completions (stream=true) with CHAT_REPLY as server-sent events,
-a few characters per event, the way OpenAI-compatible servers stream (mode fa: CHAT_REPLY_FA).
+a few characters per event, the way OpenAI-compatible servers stream (mode fa: CHAT_REPLY_FA), and
+POST /v1/audio/transcriptions (a multipart form with a WAV file) with TRANSCRIPT; GET /last then
+tells the form's fields and the WAV's rate, channels and samples.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import struct
+import wave
 
 import numpy as np
 from aiohttp import web
@@ -23,6 +27,7 @@ TONE_HZ = 440
 TONE_SECONDS_PER_CHAR = 0.05
 CHAT_REPLY = "Hello from the model. This is my second sentence!"
 CHAT_REPLY_FA = "سلام از مدل. این جمله دوم من است!"   # --mode fa
+TRANSCRIPT = "Hello from the transcription server."
 
 
 def tone(text: str, rate: int) -> bytes:
@@ -112,6 +117,25 @@ def create_app(kind: str, rate: int, mode: str) -> web.Application:
         await response.write_eof()
         return response
 
+    async def transcriptions(request: web.Request) -> web.Response:
+        """OpenAI's POST /v1/audio/transcriptions: 400 as OpenAI does when the form is wrong."""
+        form = await request.post()
+        last.clear()
+        last.update({k: v for k, v in form.items() if isinstance(v, str)})
+        last["authorization"] = request.headers.get("Authorization", "")
+        if mode == "error":
+            return web.json_response({"error": {"message": "model overloaded"}}, status=500)
+        upload = form.get("file")
+        if isinstance(upload, str) or upload is None or not form.get("model"):
+            return web.json_response({"error": {"message": "file and model are required"}}, status=400)
+        try:
+            with wave.open(io.BytesIO(upload.file.read())) as audio:
+                last.update(filename=upload.filename, rate=audio.getframerate(), channels=audio.getnchannels(),
+                            sample_width=audio.getsampwidth(), samples=audio.getnframes())
+        except (wave.Error, EOFError):
+            return web.json_response({"error": {"message": "the file is not a WAV"}}, status=400)
+        return web.json_response({"text": TRANSCRIPT})
+
     async def last_request(request: web.Request) -> web.Response:
         return web.json_response(last)
 
@@ -124,6 +148,7 @@ def create_app(kind: str, rate: int, mode: str) -> web.Application:
             app.router.add_route("*", route, cosyvoice)
     elif kind == "openai":
         app.router.add_post("/v1/chat/completions", openai)
+        app.router.add_post("/v1/audio/transcriptions", transcriptions)
     else:
         app.router.add_route("*", "/api/tts", coqui)
     return app

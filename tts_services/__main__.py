@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 
 from aiohttp import web
 
+from contracts import model_server
 from contracts.ports import TTS_PORTS
 from contracts.settings import ConfigError
 from contracts.tts_models import DEFAULT_MODEL, canonical_model
@@ -23,27 +23,17 @@ from .models import create_engine
 from .server import create_app
 from .settings import Settings
 
+def _app(model: str) -> web.Application:
+    settings = Settings.from_env()
+    return create_app(create_engine(model, settings), settings)
+
+
 def serve(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tts_services", description="Serve one voice model over HTTP.")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="espeak (offline, default), edgetts, sovits, cosyvoice, tacotron; aliases "
-                             "such as EdgeTTS, GPT-SoVITS, CosyVoice2, TacoTron2 are accepted")
-    parser.add_argument("--port", type=int, help="default: the model's port in contracts/ports.py")
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        model = canonical_model(args.model)
-        settings = Settings.from_env()
-        engine = create_engine(model, settings)
-    except (ValueError, ConfigError) as exc:
-        print(f"tts_services: {exc}", file=sys.stderr)
-        return 2
-    port = args.port if args.port is not None else TTS_PORTS[model]
-    logging.getLogger("tts_services").info("serving %s on http://%s:%d", model, args.host, port)
-    web.run_app(create_app(engine, settings), host=args.host, port=port, print=None,
-                access_log=None)
-    return 0
+    return model_server.serve(
+        argv, "tts_services", "Serve one voice model over HTTP.",
+        "espeak (offline, default), edgetts, sovits, cosyvoice, tacotron; aliases such as EdgeTTS, "
+        "GPT-SoVITS, CosyVoice2, TacoTron2 are accepted",
+        DEFAULT_MODEL, canonical_model, TTS_PORTS, _app)
 
 
 def check_config(argv: list[str]) -> int:

@@ -21,7 +21,10 @@ BUSY_WAIT_SECONDS = 5.0
 def _new_decoder() -> Decoder:
     # The defaults are the wheel's US English acoustic model, language model and dictionary, at 16 kHz;
     # its ERROR lines are about the audio (too short to decode), not the server: it reports failures by raising.
-    return Decoder(loglevel="FATAL")
+    # No second, flat-lexicon pass (fwdflat): it runs when the utterance ends, 60-200 ms for a
+    # sentence, which is most of the time from the end of speech to the transcript; without it
+    # the end takes ~10 ms and espeak's questions are heard as well.
+    return Decoder(loglevel="FATAL", fwdflat=False)
 
 
 class DecoderPool:

@@ -15,7 +15,7 @@ from faster_whisper import WhisperModel
 
 from contracts.settings import ConfigError
 
-from .. import whisper_weights
+from contracts import whisper_weights
 from ..settings import Settings
 from .base import BufferedStream, Recognizer, Stream
 

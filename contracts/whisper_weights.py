@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.settings import ConfigError
+from .settings import ConfigError
 
 DEFAULT_SIZE = "small"
 # Systran's conversions on the Hugging Face hub, one repository a size.
