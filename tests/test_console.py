@@ -364,8 +364,7 @@ def test_speech_is_heard_repeated_and_cuts_the_avatar_off(fleet, tmp_path):
         until(browser, "document.getElementById('mic').dataset.state === 'on'", 10, "the microphone on")
         until(browser, "document.getElementById('mic-level').value > 0.1", 10, "the microphone's level")
 
-        user = caption("user")
-        until(browser, f"{user}?.dataset.final === 'true' && {words('user')}.includes({HEARD!r})", 20,
+        until(browser, f"{caption('user')}?.dataset.final === 'true' && {words('user')}.includes({HEARD!r})", 20,
               "the speech recognised")
         said = js(browser, f"return {words('user')}")
         until(browser, f"{words('avatar')} === {said!r}", 10, "the avatar repeating it")
@@ -430,7 +429,7 @@ def test_push_to_talk_in_chat_mode_asks_the_llm_and_the_answer_is_heard(fleet, u
         screenshot(browser, "console_push_to_talk")
 
 
-# Feeds events to the page's own captions module and returns each line as [role, final, interrupted, text].
+# Feeds events to the page's own captions module; each line back as [role, final, interrupted, text, direction].
 _CONVERSATION = """
 const [events, done] = [arguments[0], arguments[arguments.length - 1]];
 import("/static/captions.js").then(({ Conversation }) => {
