@@ -39,6 +39,13 @@ def chromium(*extra_flags: str):
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def fake_microphone(wav: Path) -> list[str]:
+    """Chromium's flags for a microphone that plays `wav` over and over from when the page opens
+    it, granted without asking."""
+    return ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}"]
+
+
 # Counts the frames the <video> decodes for two seconds and samples its picture through a canvas.
 _WATCH = """
 const done = arguments[arguments.length - 1];

@@ -17,7 +17,8 @@ misbehaves as the avatar's config.json asks: "fault": one of, or a list of,
                    packet leaves the machine); /health counts what arrived ("dropped_datagrams")
 /health also reports its argv and CUDA_VISIBLE_DEVICES, so tests can check how it was started, and
 "sessions" from config.json, read at every request (live WebRTC sessions, as the real worker
-counts them; default 0), so a test can open and close sessions by editing it.
+counts them; default 0), so a test can open and close sessions by editing it. GET /offers lists
+the bodies of the offers it was sent, as they came, so a test can check what reached it.
 """
 from __future__ import annotations
 
@@ -118,6 +119,7 @@ def main() -> None:
             threading.Timer(float(value), frozen.set).start()
 
     hole = BlackHole() if "unreachable" in faults else None
+    offers: list[dict] = []
     health = {"status": "ok", "instance_token": token, "pid": os.getpid(), "avatar": args.avatar_id,
               "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
               "children": [c.pid for c in children]}
@@ -133,6 +135,8 @@ def main() -> None:
         def do_GET(self):
             if frozen.is_set():
                 time.sleep(3600)
+            if self.path == "/offers":
+                return self.reply(200, json.dumps(offers).encode())
             if self.path != "/health":
                 return self.reply(404, b"{}")
             sessions = int(json.loads(config_file.read_text()).get("sessions", 0))
@@ -140,9 +144,12 @@ def main() -> None:
             self.reply(200, json.dumps({**health, "sessions": sessions, **dropped}).encode())
 
         def do_POST(self):
-            if self.path != "/offer" or hole is None:
+            if self.path != "/offer":
                 return self.reply(404, b"{}")
             offer = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            offers.append(offer)
+            if hole is None:
+                return self.reply(404, b"{}")
             self.reply(200, json.dumps({**asyncio.run(unreachable_answer(offer, hole)), "sessionid": 1}).encode())
 
         def log_message(self, *args):

@@ -8,12 +8,15 @@ import time
 import numpy as np
 import requests
 from PIL import Image
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from conftest import ROOT
 from harness.avatars import make_avatar
-from harness.browser import chromium, screenshot, watch_video
+from harness.browser import chromium, fake_microphone, screenshot, watch_video
 from harness.processes import wait_for
+from harness.speech import speech_wav
 from upstreams import CHAT_REPLY, CHAT_REPLY_FA
 
 
@@ -43,6 +46,20 @@ def connected(browser) -> None:
 
 def level(browser) -> float:
     return float(js(browser, "return document.getElementById('level').value"))
+
+
+def caption(role: str) -> str:
+    """A JavaScript expression: the conversation's newest line of `role` (user or avatar), or undefined."""
+    return f"[...document.querySelectorAll('#captions li[data-role={role}]')].at(-1)"
+
+
+def words(role: str) -> str:
+    """A JavaScript expression: the text of that line, without its marks."""
+    return f"{caption(role)}?.querySelector('.words').textContent"
+
+
+def mic_level(browser) -> float:
+    return float(js(browser, "return document.getElementById('mic-level').value"))
 
 
 def connections(m, name: str = "demo") -> int:
@@ -105,12 +122,15 @@ def test_typed_text_makes_the_avatar_speak_and_interrupt_silences_it(fleet):
         browser.find_element(By.ID, "speak").click()
         until(browser, "document.getElementById('level').value > 0.1", 10, "the avatar's voice")
         screenshot(browser, "console_speaking")
-        assert js(browser, "return document.querySelector('#transcript li').textContent") == text
+        assert js(browser, f"return {words('user')}") == text
+        until(browser, f"{words('avatar')} === {text!r}", 5, "the line repeated, as it is spoken")
         assert js(browser, "return document.getElementById('text').value") == ""
 
         browser.find_element(By.ID, "interrupt").click()
         # The level meter falls by itself within ~2 s of silence; the speech had ~8 s left.
         until(browser, "document.getElementById('level').value < 0.02", 4, "silence after the interrupt")
+        until(browser, f"{caption('avatar')}.dataset.interrupted === 'true'", 4, "the cut line marked")
+        assert js(browser, f"return {caption('avatar')}.querySelector('.cut').textContent") == "interrupted"
 
 
 def test_chat_mode_speaks_the_llms_answer(fleet, upstream):
@@ -127,12 +147,13 @@ def test_chat_mode_speaks_the_llms_answer(fleet, upstream):
         until(browser, "document.getElementById('level').value > 0.1", 10, "the spoken answer")
         asked = requests.get(llm.url + "/last", timeout=5).json()
         assert asked["model"] == "tiny-chat" and asked["messages"][-1] == {"role": "user", "content": "What can you do?"}
-        # The answer is shown too, from the worker's events relayed by the manager.
-        reply = "document.querySelector('#transcript li.reply')"
-        until(browser, f"{reply}?.textContent === {CHAT_REPLY!r}", 10, "the reply as text")
-        assert js(browser, "return document.querySelector('#transcript li:nth-child(2)').textContent") == \
-            "What can you do?"
-        assert js(browser, f"return getComputedStyle({reply}).direction") == "ltr"
+        # The answer is shown too, from the worker's events on the session's data channel.
+        until(browser, f"{words('avatar')} === {CHAT_REPLY!r} && {caption('avatar')}.dataset.final === 'true'", 10,
+              "the reply as text")
+        assert js(browser, "return [...document.querySelectorAll('#captions li')].map(li => li.dataset.role)") == \
+            ["user", "avatar"]
+        assert js(browser, f"return {words('user')}") == "What can you do?"
+        assert js(browser, f"return getComputedStyle({caption('avatar')}).direction") == "ltr"
         screenshot(browser, "console_chat_caption")
 
 
@@ -145,9 +166,8 @@ def test_a_persian_chat_reply_is_shown_right_to_left(fleet, upstream):
         browser.find_element(By.CSS_SELECTOR, "#mode option[value=chat]").click()
         browser.find_element(By.ID, "text").send_keys("سلام")
         browser.find_element(By.ID, "speak").click()
-        reply = "document.querySelector('#transcript li.reply')"
-        until(browser, f"{reply}?.textContent === {CHAT_REPLY_FA!r}", 10, "the Persian reply as text")
-        assert js(browser, f"return getComputedStyle({reply}).direction") == "rtl"
+        until(browser, f"{words('avatar')} === {CHAT_REPLY_FA!r}", 10, "the Persian reply as text")
+        assert js(browser, f"return getComputedStyle({caption('avatar')}).direction") == "rtl"
         assert js(browser, "return document.documentElement.dir") == "ltr"
         screenshot(browser, "console_chat_caption_persian")
 
@@ -166,8 +186,8 @@ def test_the_console_in_persian_is_right_to_left_and_speaks_persian(fleet):
         assert js(browser, "return getComputedStyle(document.getElementById('text')).direction") == "rtl"
         browser.find_element(By.ID, "speak").click()
         until(browser, "document.getElementById('level').value > 0.1", 10, "Persian speech")
-        assert browser.find_element(By.CSS_SELECTOR, "#transcript li").text == text
-        assert js(browser, "return getComputedStyle(document.querySelector('#transcript li')).direction") == "rtl"
+        assert js(browser, f"return {words('user')}") == text
+        assert js(browser, f"return getComputedStyle({caption('user')}).direction") == "rtl"
         screenshot(browser, "console_persian")
 
         # Back to English, kept for the next visit.
@@ -176,7 +196,7 @@ def test_the_console_in_persian_is_right_to_left_and_speaks_persian(fleet):
         assert browser.find_element(By.ID, "speak").text == "Speak"
         # The page is left-to-right now, yet Persian text in it is not (dir="auto"): the checks
         # above, made in an rtl page, would pass by inheritance alone.
-        assert js(browser, "return getComputedStyle(document.querySelector('#transcript li')).direction") == "rtl"
+        assert js(browser, f"return getComputedStyle({caption('user')}).direction") == "rtl"
         field.clear()
         field.send_keys(text)
         assert js(browser, "return getComputedStyle(document.getElementById('text')).direction") == "rtl"
@@ -306,3 +326,167 @@ def test_a_network_that_blocks_webrtc_is_explained_and_the_connection_given_back
     # The browser did try the candidates: its connectivity checks reached the port and died there.
     worker = requests.get(f"http://127.0.0.1:{m.info('walled')['port']}/health", timeout=5).json()
     assert worker["dropped_datagrams"] > 0
+
+
+def test_a_refused_microphone_is_explained_and_typing_still_works(fleet):
+    m = fleet()
+    with chromium("--use-fake-device-for-media-stream", "--deny-permission-prompts") as browser:  # "Block"
+        browser.get(m.url + "/?avatar=demo&autostart=1")
+        connected(browser)
+        mic = browser.find_element(By.ID, "mic")
+        assert (mic.get_attribute("data-state"), mic.text) == ("off", "Microphone")
+        assert js(browser, "return document.getElementById('notice').hidden")   # not asked for at connect
+        mic.click()
+        until(browser, "document.getElementById('mic').dataset.state === 'refused'", 10, "the refusal")
+        assert mic.text == "Microphone blocked"
+        assert browser.find_element(By.ID, "notice-title").text.startswith("The microphone was not allowed.")
+        screenshot(browser, "console_mic_refused")
+
+        browser.find_element(By.ID, "text").send_keys("Typing still works.")
+        browser.find_element(By.ID, "speak").click()
+        until(browser, "document.getElementById('level').value > 0.1", 10, "the avatar's voice")
+
+
+# The fake microphone says "What is the weather like?" (harness.speech.SENTENCE) from 2 s after it
+# opens, and again every ~5 s; pocketsphinx hears at least "weather" in it.
+HEARD = "weather"
+LONG_TEXT = ("I am going to talk for a long time now, so that whoever listens to me has plenty of time "
+             "to say something and cut me off before this sentence is over.")
+
+
+def test_speech_is_heard_repeated_and_cuts_the_avatar_off(fleet, tmp_path):
+    m = fleet()   # no LLM: what is said is repeated
+    with chromium(*fake_microphone(speech_wav(tmp_path / "speech.wav"))) as browser:
+        browser.get(m.url + "/?avatar=demo&autostart=1")
+        connected(browser)
+        assert js(browser, "return document.getElementById('mode').value") == "echo"
+        browser.find_element(By.ID, "mic").click()   # hands-free
+        until(browser, "document.getElementById('mic').dataset.state === 'on'", 10, "the microphone on")
+        until(browser, "document.getElementById('mic-level').value > 0.1", 10, "the microphone's level")
+
+        until(browser, f"{caption('user')}?.dataset.final === 'true' && {words('user')}.includes({HEARD!r})", 20,
+              "the speech recognised")
+        said = js(browser, f"return {words('user')}")
+        until(browser, f"{words('avatar')} === {said!r}", 10, "the avatar repeating it")
+        until(browser, "document.getElementById('level').value > 0.1", 10, "the repetition heard")
+
+        # Something long to say, which the microphone's next sentence cuts off (barge-in is on)...
+        browser.find_element(By.ID, "text").send_keys(LONG_TEXT)
+        browser.find_element(By.ID, "speak").click()
+        long_line = f"[...document.querySelectorAll('#captions li[data-role=avatar]')]" \
+                    f".findLast(li => li.querySelector('.words').textContent === {LONG_TEXT!r})"
+        until(browser, f"{long_line}?.dataset.interrupted === 'true'", 15, "the long text cut off")
+        # ...and what cut it off is heard and repeated in turn.
+        heard = f"[...document.querySelectorAll('#captions li[data-role=user][data-final=true]')]" \
+                f".filter(li => li.textContent.includes({HEARD!r})).length"
+        until(browser, f"{heard} >= 2", 15, "the next sentence")
+        js(browser, "document.getElementById('captions').scrollIntoView()")
+        screenshot(browser, "console_mic_conversation")
+
+        # Barge-in off while the microphone is on: the worker reads it from the offer, so a new
+        # session takes it. The sentence is heard again while the long text is said, and cuts nothing.
+        browser.find_element(By.ID, "barge-in").click()
+        connected(browser)
+        assert js(browser, "return document.getElementById('mic').dataset.state") == "on"
+        browser.find_element(By.ID, "text").send_keys(LONG_TEXT)
+        browser.find_element(By.ID, "speak").click()
+        until(browser, long_line, 10, "the long text said again")
+        before = js(browser, f"return {heard}")
+        until(browser, f"{heard} > {before}", 15, "a sentence heard while the avatar talks")
+        assert js(browser, f"return {long_line}.dataset.interrupted") is None
+
+
+def test_push_to_talk_in_chat_mode_asks_the_llm_and_the_answer_is_heard(fleet, upstream, tmp_path):
+    llm = upstream("openai")
+    m = fleet(LLM_URL=llm.url + "/v1")
+    with chromium(*fake_microphone(speech_wav(tmp_path / "speech.wav"))) as browser:
+        browser.get(m.url + "/?avatar=demo&autostart=1")
+        connected(browser)
+        assert js(browser, "return document.getElementById('mode').value") == "chat"   # with an LLM
+        # The space bar, held with the focus outside any text field: the microphone is on while held.
+        ActionChains(browser).key_down(Keys.SPACE).perform()
+        until(browser, "document.getElementById('mic').dataset.state === 'ptt'", 10, "push-to-talk")
+        until(browser, "document.getElementById('mic-level').value > 0.1", 10, "the sentence")
+        until(browser, "document.getElementById('mic-level').value < 0.02", 10, "the sentence's end")
+        time.sleep(1)   # some of the silence after it, then let go
+        ActionChains(browser).key_up(Keys.SPACE).perform()
+        assert js(browser, "return document.getElementById('mic').dataset.state") == "off"
+
+        until(browser, f"{caption('user')}?.dataset.final === 'true'", 20, "the speech recognised")
+        said = js(browser, f"return {words('user')}")
+        assert HEARD in said
+        until(browser, f"{words('avatar')} === {CHAT_REPLY!r} && {caption('avatar')}.dataset.final === 'true'", 10,
+              "the LLM's answer")
+        assert requests.get(llm.url + "/last", timeout=5).json()["messages"][-1] == {"role": "user", "content": said}
+        until(browser, "document.getElementById('level').value > 0.1", 10, "the answer heard")
+        until(browser, "document.getElementById('level').value < 0.02", 15, "the answer's end")
+        # Let go, the microphone sends silence: the sentence it says again is not heard, and the
+        # answer was not cut off.
+        time.sleep(3)
+        assert mic_level(browser) < 0.01
+        assert js(browser, "return document.querySelectorAll('#captions li[data-role=user]').length") == 1
+        assert js(browser, f"return {caption('avatar')}.dataset.interrupted") is None
+        screenshot(browser, "console_push_to_talk")
+
+
+# Feeds events to the page's own captions module; each line back as [role, final, interrupted, text, direction].
+_CONVERSATION = """
+const [events, done] = [arguments[0], arguments[arguments.length - 1]];
+import("/static/captions.js").then(({ Conversation }) => {
+  const list = document.createElement("ol");
+  document.body.append(list);
+  const conversation = new Conversation(list);
+  for (const [name, data] of events) {
+    if (name === "typed") conversation.typed(data.text);
+    else conversation.event(name, data);
+  }
+  done([...list.children].map((li) => [li.dataset.role, li.dataset.final, li.dataset.interrupted ?? null,
+                                       li.querySelector(".words").textContent, getComputedStyle(li).direction]));
+});
+"""
+
+
+def test_captions_follow_the_conversation_and_mark_what_was_cut_off(manager):
+    m = manager()
+    with chromium() as browser:
+        browser.get(m.url + "/")
+        lines = browser.execute_async_script(_CONVERSATION, [
+            ["speech_started", {"barge_in": False}],
+            ["transcript_partial", {"text": "what is"}],
+            ["transcript_partial", {"text": "what is the weather"}],
+            ["speech_ended", {"seconds": 1.3, "ignored": False}],
+            ["transcript", {"text": "what is the weather today"}],
+            ["reply", {"delta": "Sunny"}], ["reply", {"delta": " all day."}],
+            ["reply_end", {"text": "Sunny all day."}],
+            ["text", {"kind": "chat", "text": "Sunny all day."}],    # shown already, as it streamed
+            ["speaking_started", {}], ["speaking_ended", {"interrupted": False}],
+            ["speech_started", {"barge_in": False}], ["speech_ended", {"seconds": 0.4, "ignored": False}],
+            ["transcript", {"text": ""}],                             # nothing recognised: no line
+            ["speech_started", {"barge_in": False}],
+            ["speech_ended", {"seconds": 0.1, "ignored": True}],      # too short to be a turn: no line
+            # Two sentences in a row: the second begins before the first one's final words come.
+            ["speech_started", {"barge_in": False}], ["transcript_partial", {"text": "one"}],
+            ["speech_ended", {"seconds": 0.5, "ignored": False}],
+            ["speech_started", {"barge_in": False}], ["transcript_partial", {"text": "three"}],
+            ["transcript", {"text": "one two"}],
+            ["speech_ended", {"seconds": 0.5, "ignored": False}],
+            ["transcript", {"text": "three four"}],
+            ["speech_started", {"barge_in": False}], ["transcript_partial", {"text": "five"}],
+            ["speech_ended", {"seconds": 0.5, "ignored": False}],
+            ["error", {"message": "speech recognition failed: the server went away"}],   # no words: no line
+            ["typed", {"text": "سلام"}],
+            ["text", {"kind": "echo", "text": "سلام"}],
+            ["speaking_started", {}],
+            ["speech_started", {"barge_in": True}],
+            ["speaking_ended", {"interrupted": True}],
+            ["transcript_partial", {"text": "stop"}],
+        ])
+    assert lines == [
+        ["user", "true", None, "what is the weather today", "ltr"],
+        ["avatar", "true", None, "Sunny all day.", "ltr"],
+        ["user", "true", None, "one two", "ltr"],
+        ["user", "true", None, "three four", "ltr"],
+        ["user", "true", None, "سلام", "rtl"],
+        ["avatar", "true", "true", "سلام", "rtl"],
+        ["user", "false", None, "stop", "ltr"],
+    ]

@@ -224,6 +224,18 @@ def test_an_offer_the_worker_refuses_gives_its_connection_back_at_once(fleet):
     run(scenario())
 
 
+def test_an_offer_reaches_the_worker_with_how_speech_is_answered(manager):
+    """What the console's microphone asks for (mode, barge_in) is in the offer's body, which the
+    relay passes on as it came: it checks sdp and type only."""
+    m = manager(start=False, WORKER_MODULE="tests.fake_worker")
+    make_avatar(m.data_dir, "listener")
+    m.start()
+    offer = {"sdp": "v=0", "type": "offer", "mode": "echo", "barge_in": False}
+    assert requests.post(m.url + "/avatar/listener/offer", json=offer, timeout=60).status_code == 404  # the fake's
+    worker = f"http://127.0.0.1:{m.info('listener')['port']}"
+    assert requests.get(worker + "/offers", timeout=5).json() == [offer]
+
+
 def test_a_relayed_offer_to_a_full_fleet_is_refused_with_503(fleet):
     m = fleet("other", MAX_AVATARS="1")
     assert m.start_avatar("other_user_1", "other").status_code == 200   # held: nothing to evict

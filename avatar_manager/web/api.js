@@ -70,36 +70,6 @@ export async function imageUrl(path) {
   return URL.createObjectURL(await response.blob());
 }
 
-// A text/event-stream, read with fetch() because EventSource cannot send the token. Calls
-// onEvent(name, data) for each event whose data is JSON; returns when the stream ends, throws when
-// it cannot be opened or breaks; `signal` ends it.
-export async function events(path, onEvent, signal) {
-  const response = await fetch(path, { headers: headers({ Accept: "text/event-stream" }), signal });
-  if (!response.ok) throw refusal(response.status, response.statusText, null);
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer = (buffer + value).replace(/\r\n?/g, "\n");
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      let name = "message";
-      const data = [];
-      for (const line of block.split("\n")) {  // ": keep-alive" and other comments fall through
-        if (line.startsWith("event:")) name = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-      }
-      if (!data.length) continue;
-      let parsed;
-      try { parsed = JSON.parse(data.join("\n")); } catch { continue; }
-      onEvent(name, parsed);
-    }
-  }
-}
-
 // A multipart upload with progress (fetch cannot report upload progress; XMLHttpRequest can).
 export function upload(path, form, onProgress, { timeout = 600000 } = {}) {
   return new Promise((resolve, reject) => {

@@ -1,29 +1,34 @@
-// Talk: pick an avatar, start it, see and hear it over WebRTC, make it speak, read its replies.
-// Signalling goes through the manager's relay (/avatar/NAME/offer ...), so only the manager's port
-// must be reachable; the media flows straight from the worker. The relayed offer starts the avatar
-// when needed and counts this page as one connection for as long as its WebRTC session lives: the
-// page gives it back by closing the peer (on leaving, or when the page goes away).
-import { events, get, imageUrl, post } from "./api.js";
+// Talk: pick an avatar, start it, see and hear it over WebRTC, speak to it (typed, or through the
+// microphone), read the conversation. Signalling goes through the manager's relay
+// (/avatar/NAME/offer ...), so only the manager's port must be reachable; the media flows straight
+// between the browser and the worker, and so do the session's events, on a data channel. The
+// relayed offer starts the avatar when needed and counts this page as one connection for as long
+// as its WebRTC session lives: the page gives it back by closing the peer (on leaving, or when
+// the page goes away).
+import { get, imageUrl, post } from "./api.js";
+import { Conversation } from "./captions.js";
 import { $, badge } from "./dom.js";
 import { t } from "./i18n.js";
+import { follow, wakeAudio } from "./meter.js";
+import * as mic from "./mic.js";
 import { clearProblem, showError, showProblem } from "./notice.js";
 
 const video = $("video");
 const GATHER_TIMEOUT_MS = 5000;    // ICE candidates of the local machine; a browser has them in ms
-const FOLLOW_RETRY_MS = 2000;      // the event stream broke (a manager restart): open it again after this
 const previews = new Map();        // avatar name -> object URL of its preview
 
 // From /console/config; connect_timeout: the worker's own WEBRTC_CONNECT_TIMEOUT, after which a
 // peer that is still not connected is taken to be blocked by the network.
 let settings = { chat: false, ice_servers: [], connect_timeout: 30 };
-let current = null;  // the avatar on stage: {name, pc, sessionid, watchdog, connected, captions, reply}
-let level = null;    // the audio meter: {context, timer}
+let current = null;        // the avatar on stage and one connection to it: see newAttempt()
+let conversation = null;   // the captions
+let stopVoiceMeter = null;
 
 function setConnection(state) {
   $("connection").dataset.state = state;
   $("connection").textContent = t(`state.${state}`);
   const live = state === "connected";
-  for (const id of ["text", "speak", "interrupt"]) $(id).disabled = !live;
+  for (const id of ["text", "speak", "interrupt", "mic", "ptt"]) $(id).disabled = !live;
   $("connect").hidden = !["idle", "failed", "closed"].includes(state);
   $("leave").hidden = ["idle", "failed", "closed"].includes(state);
 }
@@ -81,14 +86,19 @@ export async function showGallery() {
 
 // --- one avatar on stage -----------------------------------------------------------------------
 
+// speech: how the session answers what the microphone hears, as its offer said (see speech()).
+function newAttempt(name) {
+  return { name, pc: null, sessionid: null, watchdog: null, connected: false, speech: null };
+}
+
 export function open(name) {
   if (current) leave();
-  current = { name, pc: null, sessionid: null, watchdog: null, connected: false, captions: null, reply: null };
+  current = newAttempt(name);
   $("gallery").hidden = true;
   $("gallery-empty").hidden = true;
   $("stage").hidden = false;
   $("avatar-name").textContent = name;
-  $("transcript").replaceChildren();
+  conversation.clear();
   setConnection("idle");
 }
 
@@ -109,25 +119,28 @@ function gathered(pc) {
 export async function connect() {
   const attempt = current;
   if (!attempt || attempt.pc) return;
-  Object.assign(attempt, { connected: false, sessionid: null });  // a second try after a failure
+  Object.assign(attempt, { connected: false, sessionid: null, speech: speech() });  // or a second try
   clearProblem();
-  startMeter();  // inside the click, where a browser lets audio start
+  wakeAudio();  // inside the click, where a browser lets audio start
   setConnection("starting");
   try {
     const pc = attempt.pc = new RTCPeerConnection({ iceServers: settings.ice_servers });
     pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
+    // Sending too, with no track until the microphone is first turned on: then no new offer.
+    mic.attach(pc.addTransceiver("audio", { direction: "sendrecv" }).sender);
+    // The worker sends every event of the session on each channel the page opens.
+    pc.createDataChannel("events").addEventListener("message", (event) => attempt === current && heard(event.data));
     pc.addEventListener("track", (event) => attempt === current && show(event.track));
     pc.addEventListener("connectionstatechange", () => attempt === current && changed(attempt));
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);  // aiortc does not trickle: the offer carries every candidate
     // Starts the avatar if it is not running (a cold start takes seconds).
-    const answer = await relay(attempt, "offer", { sdp: pc.localDescription.sdp, type: pc.localDescription.type });
+    const answer = await relay(attempt, "offer",
+                               { sdp: pc.localDescription.sdp, type: pc.localDescription.type, ...attempt.speech });
     if (attempt !== current || !attempt.pc) return release(attempt);
     attempt.sessionid = answer.sessionid;
     setConnection("connecting");
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
-    follow(attempt);
     attempt.watchdog = setTimeout(() => {
       if (attempt === current && !attempt.connected) blocked(attempt);
     }, settings.connect_timeout * 1000);
@@ -161,7 +174,10 @@ function blocked(attempt) {
 function show(track) {
   if (!video.srcObject) video.srcObject = new MediaStream();
   video.srcObject.addTrack(track);
-  if (track.kind === "audio") listen(track);
+  if (track.kind === "audio") {
+    stopVoiceMeter?.();
+    stopVoiceMeter = follow(track, $("level"));
+  }
   video.play().catch(() => {
     // No click yet and the browser allows no sound before one: play muted, offer the sound.
     video.muted = true;
@@ -174,9 +190,6 @@ function show(track) {
 // connection the manager counted for it.
 function release(attempt) {
   clearTimeout(attempt.watchdog);
-  attempt.captions?.abort();
-  attempt.captions = null;
-  attempt.reply = null;
   if (attempt.pc) {
     attempt.pc.close();
     attempt.pc = null;
@@ -184,15 +197,49 @@ function release(attempt) {
   if (attempt === current) {
     video.srcObject = null;
     $("unmute").hidden = true;
-    stopMeter();
+    stopVoiceMeter?.();
+    stopVoiceMeter = null;
+    mic.attach(null);
+    conversation.hangUp();
   }
 }
 
 function leave() {
   if (!current) return;
   release(current);
+  mic.stop();
   setConnection("closed");
   current = null;
+}
+
+// --- speech: what the microphone hears is answered by the worker itself --------------------------
+
+// How the session answers speech: the worker takes it with the offer only.
+function speech() {
+  return { mode: $("mode").value, barge_in: $("barge-in").checked };
+}
+
+// When the page shows otherwise than the session does while the microphone is in use, a new
+// session takes it, so that speech is answered the way the page says. (Typed text needs none:
+// each one carries its own type.)
+function matchSpeech() {
+  if (!current?.pc || !mic.inUse() || JSON.stringify(speech()) === JSON.stringify(current.speech)) return;
+  const name = current.name;
+  release(current);
+  current = newAttempt(name);
+  connect();
+}
+
+// One event of the session, from its data channel.
+function heard(message) {
+  let data;
+  try {
+    data = JSON.parse(message);
+  } catch {
+    return;  // not an event: nothing this page knows
+  }
+  if (data.event === "error") showProblem(t("talk.problem"), data.message);
+  conversation.event(data.event, data);
 }
 
 // --- speaking ----------------------------------------------------------------------------------
@@ -202,12 +249,12 @@ async function say(event) {
   const text = $("text").value.trim();
   if (!text || !current || current.sessionid === null) return;
   const type = $("mode").value;
+  const line = conversation.typed(text);  // before the answer's first events can arrive
   try {
     await relay(current, "human", { sessionid: current.sessionid, text, type, interrupt: true });
-    current.reply = null;  // what the avatar answers now goes on a line of its own
-    transcribe(text, "said");
     $("text").value = "";
   } catch (error) {
+    line.remove();
     showError(error);
   }
 }
@@ -221,74 +268,6 @@ async function interrupt() {
   }
 }
 
-// --- captions: the avatar's chat replies as text, from the worker's relayed event stream -------------
-
-// A line at the top of the transcript; dir="auto" (and the CSS) set its direction from its text.
-function transcribe(text, kind) {
-  const line = document.createElement("li");
-  line.dir = "auto";
-  line.className = kind;
-  line.textContent = text;
-  $("transcript").prepend(line);
-  return line;
-}
-
-function caption(attempt, name, data) {
-  if (name === "reply" && data.delta) {
-    if (!attempt.reply) attempt.reply = transcribe("", "reply");
-    attempt.reply.textContent += data.delta;
-  } else if (name === "reply_end") {
-    if (!attempt.reply) attempt.reply = transcribe("", "reply");
-    if (data.text) attempt.reply.textContent = data.text;  // the whole reply, as spoken
-    attempt.reply = null;
-  }
-}
-
-// Follows this session's events for as long as it is on stage, opening the stream again if it breaks.
-async function follow(attempt) {
-  const controller = attempt.captions = new AbortController();
-  const path = `/avatar/${encodeURIComponent(attempt.name)}/sse?sessionid=${attempt.sessionid}`;
-  while (!controller.signal.aborted) {
-    try {
-      await events(path, (name, data) => caption(attempt, name, data), controller.signal);
-    } catch {
-      // Captions are an extra: the avatar still speaks without them.
-    }
-    if (controller.signal.aborted) return;
-    await new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS));
-  }
-}
-
-// --- the audio level, so a person sees the avatar is speaking even with the sound off ------------
-
-function startMeter() {
-  if (!level) level = { context: new AudioContext(), timer: null, value: 0 };
-  level.context.resume().catch(() => {});
-}
-
-function listen(track) {
-  if (!level) return;
-  const analyser = level.context.createAnalyser();
-  analyser.fftSize = 2048;
-  level.context.createMediaStreamSource(new MediaStream([track])).connect(analyser);
-  const samples = new Float32Array(analyser.fftSize);
-  clearInterval(level.timer);
-  level.timer = setInterval(() => {
-    analyser.getFloatTimeDomainData(samples);
-    const rms = Math.sqrt(samples.reduce((sum, s) => sum + s * s, 0) / samples.length);
-    level.value = Math.max(Math.min(1, rms * 4), level.value * 0.8);  // fast up, slow down
-    $("level").value = level.value;
-  }, 100);
-}
-
-function stopMeter() {
-  if (level) {
-    clearInterval(level.timer);
-    level.value = 0;
-  }
-  $("level").value = 0;
-}
-
 function labelChat() {
   const chat = $("mode").querySelector("option[value=chat]");
   chat.disabled = !settings.chat;
@@ -297,7 +276,11 @@ function labelChat() {
 
 export function init(consoleSettings) {
   settings = consoleSettings;
+  conversation = new Conversation($("captions"));
   labelChat();
+  $("mode").value = settings.chat ? "chat" : "echo";  // as the worker answers speech by default
+  mic.init(matchSpeech);
+  for (const id of ["mode", "barge-in"]) $(id).addEventListener("change", matchSpeech);
   $("say").addEventListener("submit", say);
   $("interrupt").addEventListener("click", interrupt);
   $("connect").addEventListener("click", connect);
@@ -305,7 +288,7 @@ export function init(consoleSettings) {
   $("back").addEventListener("click", () => showGallery());
   $("unmute").addEventListener("click", () => {
     video.muted = false;
-    startMeter();
+    wakeAudio();
     $("unmute").hidden = true;
   });
   window.addEventListener("pagehide", () => current && release(current));
