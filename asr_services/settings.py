@@ -5,11 +5,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts import whisper_weights
 from contracts.auth import token_from
 from contracts.musetalk_weights import models_dir
 from contracts.settings import ConfigError, number, url
-
-from contracts import whisper_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 

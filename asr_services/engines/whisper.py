@@ -13,9 +13,9 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 
+from contracts import whisper_weights
 from contracts.settings import ConfigError
 
-from contracts import whisper_weights
 from ..settings import Settings
 from .base import BufferedStream, Recognizer, Stream
 
