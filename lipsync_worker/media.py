@@ -184,7 +184,8 @@ class Stage:
             viewer.tail = TAIL_FRAMES if speaking else max(0, viewer.tail - 1)
             if viewer.tail:
                 ahead = viewer.speech.peek(lookahead) if lookahead else NOTHING
-                jobs.append(FrameJob(index, base, regions, samples, phoneme, viewer.engine_state, n, ahead))
+                jobs.append(FrameJob(index, base, regions, samples, phoneme, viewer.engine_state, n, ahead,
+                                     viewer.speech.version))
                 talking.append(viewer)
         try:
             rendered = await self._render(jobs) if jobs else []

@@ -29,7 +29,12 @@ def text_seconds(text: str) -> float:
 
 class SpeechBuffer:
     def __init__(self) -> None:
-        self._pcm = bytearray()
+        # Unplayed samples. An array is never written to once made (append makes a new one), so
+        # peek hands out read-only views of it: no copy of a long queue per frame, and a view
+        # read in the engine's thread stays as it was while more speech is appended.
+        self._queue = np.zeros(0, np.int16)
+        # Counts appends and clears: while it stays the same, the queue only loses samples from its front.
+        self.version = 0
         self._phonemes: deque[tuple[int, int, str]] = deque()  # absolute sample positions
         self._written = 0
         self._played = 0
@@ -45,8 +50,10 @@ class SpeechBuffer:
         for p in chunk.phonemes:
             self._phonemes.append((self._written + int(p.start * SAMPLE_RATE),
                                    self._written + int(p.end * SAMPLE_RATE), p.symbol))
-        self._pcm += chunk.pcm
+        self._queue = np.concatenate([self._queue, np.frombuffer(chunk.pcm, "<i2")])
+        self._queue.flags.writeable = False
         self._written += len(chunk.pcm) // 2
+        self.version += 1
 
     def when_taken(self, callback: Callable[[], None]) -> None:
         """Call `callback` when the next sample appended is taken to be sent; never, if it is
@@ -63,13 +70,12 @@ class SpeechBuffer:
     def take(self, count: int) -> tuple[np.ndarray, str | None]:
         """The next `count` samples (silence past the end) and the phoneme at their middle."""
         queued = self.peek(count)
-        size = 2 * len(queued)
         samples = np.zeros(count, dtype=np.int16)
         samples[:len(queued)] = queued
-        del self._pcm[:size]
+        self._queue = self._queue[len(queued):]
         middle = self._played + count // 2
-        self._played += size // 2
-        while self._phonemes and self._phonemes[0][1] <= self._played - size // 2:
+        self._played += len(queued)
+        while self._phonemes and self._phonemes[0][1] <= self._played - len(queued):
             self._phonemes.popleft()
         phoneme = next((symbol for start, end, symbol in self._phonemes if start <= middle < end), None)
         while self._watches and self._watches[0][0] < self._played:
@@ -78,12 +84,12 @@ class SpeechBuffer:
         return samples, phoneme
 
     def peek(self, count: int) -> np.ndarray:
-        """Up to `count` queued samples, left in the queue."""
-        size = min(len(self._pcm), 2 * count)
-        return np.frombuffer(bytes(self._pcm[:size]), dtype="<i2")
+        """Up to `count` queued samples, left in the queue: a read-only view, not a copy."""
+        return self._queue[:count]
 
     def clear(self) -> None:
-        self._pcm.clear()
+        self._queue = np.zeros(0, np.int16)
+        self.version += 1
         self._phonemes.clear()
         self._watches.clear()
         self._played = self._written

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import aiohttp
 import cv2
@@ -22,10 +23,16 @@ from conftest import ROOT, run
 from contracts.musetalk_weights import missing
 from harness.musetalk import TINY_WHISPER, save_random
 from harness.ports import free_port
+from harness.stage import FakeViewer
 from harness.viewer import Viewer, mouth_motion
 from lipsync_worker import avatars
+from lipsync_worker.animation import IdleAnimation
 from lipsync_worker.engines import FrameJob, create_engine
+from lipsync_worker.media import Stage
 from lipsync_worker.musetalk_model import models, weights
+from lipsync_worker.speech import SpeechBuffer
+from tts_services.client import LocalTTS
+from tts_services.engines.base import AudioChunk
 
 
 @pytest.fixture
@@ -127,6 +134,115 @@ def test_a_session_keeps_its_context_while_it_speaks_and_starts_afresh_after_a_p
     fresh = engine.render([frame_job(avatar, engine.new_state(), speech(7), 40)])[0]
     assert len(state.audio) == 640
     assert np.array_equal(after_pause, fresh)
+
+
+@torch.inference_mode()
+def musetalk_tokens(loaded: models.Models, audio: np.ndarray) -> torch.Tensor:
+    """MuseTalk's tokens for every frame of a whole clip (audio_processor.py's get_audio_feature
+    and get_whisper_chunk, then the positional encoding): whisper on each window-long segment from
+    the clip's start, the features joined and cut to the clip's length, frame i's 10 from 2i - 4
+    on, zeros outside the clip. MuseTalk's segments are 30 s, the tiny whisper's window 4 s."""
+    span = loaded.features.n_samples
+    segments = []
+    for begin in range(0, len(audio), span):
+        mel = loaded.features(audio[begin:begin + span].astype(np.float32) / 32768, sampling_rate=16000,
+                              return_tensors="pt").input_features
+        segments.append(torch.stack(loaded.whisper(mel, output_hidden_states=True).hidden_states, dim=2)[0])
+    features = torch.cat(segments)[:len(audio) // 320]
+    zeros = features.new_zeros(6, *features.shape[1:])      # 4 before the clip; 6 after reach the last window's end
+    padded = torch.cat([zeros[:4], features, zeros])
+    return loaded.positions(torch.stack([padded[2 * i:2 * i + 10] for i in range(len(audio) // 640)]).flatten(1, 2))
+
+
+def stream(engine, avatar, deliver: Callable[[int, SpeechBuffer], None]) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """The Stage's ticks for one session until it falls silent; before tick n, deliver(n, its
+    speech) appends what the TTS has delivered by then. Each frame's tokens, with the utterance as
+    it could be heard then: the samples played so far, the frame's own and those queued after."""
+    viewer = FakeViewer(engine.new_state())
+    stage = Stage(IdleAnimation(avatar), engine)
+    stage.viewers.append(viewer)
+    frames, played = [], []
+    hear = engine.hear
+
+    def recording(jobs: list[FrameJob]) -> torch.Tensor:
+        tokens = hear(jobs)
+        played.append(jobs[0].audio)
+        frames.append((tokens[0], np.concatenate(played + [jobs[0].ahead])))
+        return tokens
+
+    async def ticks():
+        n = 0
+        while n == 0 or viewer.tail:
+            deliver(n, viewer.speech)
+            await stage._tick(n, asyncio.get_running_loop().time())
+            n += 1
+
+    engine.hear = recording
+    try:
+        asyncio.run(ticks())
+    finally:
+        del engine.hear
+    return frames
+
+
+async def espeak_chunks(text: str) -> list[bytes]:
+    return [chunk.pcm async for chunk in LocalTTS().stream(text)]
+
+
+def test_every_frame_hears_what_musetalk_hears_in_the_whole_utterance(engine, data_dir):
+    """Four sentences streamed as the TTS streams them, a chunk each, the next appended whenever
+    less than 5 s is queued: every segment a frame reads (4 s, the tiny whisper's window) is
+    queued to its end by then. Each frame's tokens are those MuseTalk computes from the whole
+    utterance at once, and each segment goes through whisper once."""
+    chunks = asyncio.run(espeak_chunks("The quick brown fox jumps over the lazy dog. It was a bright cold day in "
+                                       "April, and the clocks were striking thirteen. Call me Ishmael. Some years "
+                                       "ago, I thought I would sail about."))
+    utterance = np.frombuffer(b"".join(chunks), np.int16)
+    span = engine.models.features.n_samples
+    assert len(chunks) == 4 and 2 * span < len(utterance) < 3 * span - 4000
+
+    def deliver(n: int, speech: SpeechBuffer) -> None:
+        while chunks and speech.pending < 5 * 16000:
+            speech.append(AudioChunk(chunks.pop(0)))
+
+    def features_only(jobs: list[FrameJob]) -> list[np.ndarray]:
+        """The frames' pixels are not what this is about: ~250 of them would take seconds."""
+        engine.hear(jobs)
+        return [job.base for job in jobs]
+
+    engine.render = features_only
+    passes = []
+    counting = engine.models.whisper.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    frames = stream(engine, avatars.load(data_dir, "demo"), deliver)
+    counting.remove()
+    whole = musetalk_tokens(engine.models, utterance)
+    assert len(frames) > len(whole) > 200
+    for i, expected in enumerate(whole):
+        assert torch.equal(frames[i][0], expected), i
+    # The segments the frames read (the last one holds the tail frames' silence too), each once.
+    assert sum(passes) == (640 * len(frames) - 1) // span + 1 == 3
+
+
+def test_a_frame_is_never_held_back_for_speech_still_to_come(engine, data_dir, caplog):
+    """A short queue, an empty one in the middle of the run, more speech arriving and an interrupt
+    with new speech: each tick renders its frame at once, from MuseTalk's tokens for the utterance
+    as it is queued at that moment."""
+    first, more, instead = speech(1, 1000), speech(2, 8000), speech(3, 3000)
+
+    def deliver(n: int, queue: SpeechBuffer) -> None:
+        if n == 0:
+            queue.append(AudioChunk(first.tobytes()))
+        if n == 3:
+            queue.append(AudioChunk(more.tobytes()))
+        if n == 6:
+            queue.clear()
+            queue.append(AudioChunk(instead.tobytes()))
+
+    frames = stream(engine, avatars.load(data_dir, "demo"), deliver)
+    assert len(frames) == 6 + 5 + 3 and "failed" not in caplog.text     # every tick of the run, the tail's too
+    assert len(frames[1][1]) == 2 * 640              # frame 1: 360 samples, then silence
+    for i, (tokens, heard) in enumerate(frames):
+        assert torch.equal(tokens, musetalk_tokens(engine.models, heard)[i]), i
 
 
 def test_latents_are_prepared_once_and_made_again_for_another_vae(tiny_models, data_dir, tmp_path):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from harness.stage import FakeViewer
 from lipsync_worker import avatars
 from lipsync_worker.animation import IdleAnimation, pingpong
-from lipsync_worker.clips import ClipPlayer
 from lipsync_worker.engines import FrameJob, LipSyncEngine, create_engine
-from lipsync_worker.media import QueueTrack, Stage
+from lipsync_worker.media import Stage
 from lipsync_worker.engines.puppet import loudness, shape_of
 from lipsync_worker.speech import SpeechBuffer
 from tts_services.engines.base import AudioChunk, Phoneme
@@ -124,21 +124,25 @@ def test_speech_buffer_clear_is_silence_at_once():
     assert buffer.pending == 0 and not samples.any() and phoneme is None
 
 
+def test_speech_buffer_peeks_without_copying_and_counts_what_changes_it():
+    buffer = SpeechBuffer()
+    buffer.append(AudioChunk(np.arange(2000, dtype=np.int16).tobytes()))
+    version, queued = buffer.version, buffer.peek(2000)
+    buffer.take(640)
+    ahead = buffer.peek(2000)
+    assert buffer.version == version and np.shares_memory(ahead, queued) and not ahead.flags.writeable
+    assert list(ahead[:2]) == [640, 641]
+    buffer.append(AudioChunk(np.ones(100, np.int16).tobytes()))
+    assert buffer.version == version + 1 and list(ahead[:2]) == [640, 641]
+    buffer.clear()
+    assert buffer.version == version + 2 and len(buffer.peek(2000)) == 0
+
+
 class BrokenEngine(LipSyncEngine):
     name = "broken"
 
     def render(self, jobs):
         raise RuntimeError("model exploded")
-
-
-class FakeViewer:
-    def __init__(self):
-        self.speech = SpeechBuffer()
-        self.engine_state = None
-        self.video, self.audio = QueueTrack("video"), QueueTrack("audio")
-        self.tail = self.video_pts = self.audio_pts = 0
-        self.on_shared_stream = False
-        self.clip, self.recording = ClipPlayer(), None
 
 
 def test_a_failing_engine_keeps_picture_and_voice_going(avatar, caplog):

@@ -15,9 +15,12 @@ class FrameJob:
 
     audio holds the 40 ms of 16 kHz speech this frame shows, so lips and sound come from the
     same samples; ahead, up to engine.lookahead samples already queued after them (an engine
-    that looks at what comes next never makes the picture wait for it). state is what
-    engine.new_state() made for the session: an engine may keep context across frames there.
-    tick counts the Stage's frames, so a gap says a session stopped speaking in between.
+    that looks at what comes next never makes the picture wait for it). version is the speech
+    queue's (SpeechBuffer.version) when ahead was read: the same number as at the session's
+    previous frame says nothing was appended or cleared in between, so the queue is what it was
+    then less this frame's samples (None: not known). state is what engine.new_state() made for
+    the session: an engine may keep context across frames there. tick counts the Stage's
+    frames, so a gap says a session stopped speaking in between.
     """
     frame_index: int          # which avatar frame `base` is (engines with per-frame caches)
     base: np.ndarray          # the idle frame of this tick, BGR; never modified in place
@@ -27,6 +30,7 @@ class FrameJob:
     state: object
     tick: int = 0
     ahead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    version: int | None = None
 
 
 class LipSyncEngine(ABC):

@@ -8,8 +8,8 @@ face blended into the idle frame through the frame's mask.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -17,25 +17,19 @@ import numpy as np
 from ..avatars import Avatar
 from ..faces import Box
 from ..musetalk_model import weights
-from ..speech import SAMPLE_RATE
 from .base import FrameJob, LipSyncEngine
 
+if TYPE_CHECKING:  # torch is imported when the models load, after the weights are checked
+    import torch
+
+    from ..musetalk_model.features import Utterance
+
 log = logging.getLogger("lipsync_worker.musetalk")
-
-
-@dataclass
-class Heard:
-    """One session's audio since it began its current run of speaking frames."""
-    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    tick: int = -2
 
 
 class MuseTalkEngine(LipSyncEngine):
     name = "musetalk"
     slow = True
-    # Queued speech after a frame that its features may look at: the 80 ms MuseTalk's window
-    # needs, and more of whisper's context when the TTS is that far ahead. It is never waited for.
-    lookahead = SAMPLE_RATE
 
     def __init__(self, batch_size: int, models_dir: Path, device: str | None = None, dtype: str | None = None) -> None:
         """device: "cuda", "cpu", ...; the GPU when there is one. dtype: "float16", "float32", ...;
@@ -50,7 +44,7 @@ class MuseTalkEngine(LipSyncEngine):
         self._faces: list[Box] = []
 
     def load(self, avatar: Avatar) -> None:
-        from ..musetalk_model import material, models
+        from ..musetalk_model import features, material, models
 
         import torch
 
@@ -61,6 +55,9 @@ class MuseTalkEngine(LipSyncEngine):
                  self.batch_size)
         self.material = material.prepare(avatar, m.vae, m.device, m.dtype, material.vae_fingerprint(self.models_dir))
         self._faces = [r.face for r in avatar.regions]
+        # A frame's window reads whisper's encoding of each segment it touches, and the last of
+        # those may end a whole segment after the window's 80 ms past the frame.
+        self.lookahead = features.window_samples(m) + features.RIGHT_CONTEXT
         # A whole batch through every model: kernels picked and memory reserved before the first
         # viewer's first word, not during it.
         silence = np.zeros(640, np.int16)
@@ -68,28 +65,25 @@ class MuseTalkEngine(LipSyncEngine):
                               ahead=silence) for _ in range(self.batch_size)])
         self.ready = True
 
-    def new_state(self) -> Heard:
-        return Heard()
+    def new_state(self) -> Utterance:
+        from ..musetalk_model.features import Utterance, window_samples
+
+        return Utterance(window_samples(self.models))
+
+    def hear(self, jobs: list[FrameJob]) -> torch.Tensor:
+        """The UNet's audio tokens for the jobs' frames, each heard by its session's Utterance."""
+        from ..musetalk_model.features import audio_tokens
+
+        for job in jobs:
+            job.state.hear(job.tick, job.audio, job.ahead, job.version)
+        return audio_tokens(self.models, [job.state for job in jobs])
 
     def render(self, jobs: list[FrameJob]) -> list[np.ndarray]:
         import torch
 
-        from ..musetalk_model.features import audio_tokens, window_samples
-
         m = self.models
-        span = window_samples(m)
-        windows, starts = [], []
-        for job in jobs:
-            heard: Heard = job.state
-            if job.tick != heard.tick + 1:  # a new run of speech: its own context, as MuseTalk's segments
-                heard.audio = np.zeros(0, np.float32)
-            heard.tick = job.tick
-            # float32 throughout: int16 / a float would make float64 copies of up to 30 s per frame.
-            heard.audio = np.concatenate([heard.audio, pcm(job.audio)])[-(span - self.lookahead):]
-            windows.append(np.concatenate([heard.audio, pcm(job.ahead[:self.lookahead])]))
-            starts.append(len(heard.audio) - len(job.audio))
         with torch.inference_mode():
-            tokens = audio_tokens(m, windows, starts)
+            tokens = self.hear(jobs)
             latents = self.material.latents[[job.frame_index for job in jobs]].to(m.dtype)
             predicted = m.unet(latents, 0, encoder_hidden_states=tokens).sample
             faces = m.vae.decode(predicted / m.scaling).sample
@@ -115,8 +109,3 @@ class MuseTalkEngine(LipSyncEngine):
         mask = self.material.masks[i][fy1 - by1:fy2 - by1, fx1 - bx1:fx2 - bx1]
         frame[fy1:fy2, fx1:fx2] = (new * mask + region * (1 - mask) + 0.5).astype(np.uint8)
         return frame
-
-
-def pcm(samples: np.ndarray) -> np.ndarray:
-    """int16 samples as float32 in -1..1, as whisper's feature extractor wants them."""
-    return samples.astype(np.float32) / 32768
