@@ -59,7 +59,7 @@ class MuseTalkEngine(LipSyncEngine):
         m = self.models
         log.info("MuseTalk on %s (%s), batches of up to %d", m.device, str(m.dtype).removeprefix("torch."),
                  self.batch_size)
-        self.material = material.prepare(avatar, m.vae, m.device, m.dtype, material.vae_fingerprint(self.models_dir))
+        self.material = material.prepare(avatar, m.vae, m.device, m.dtype, self.models_dir)
         self._faces = [r.face for r in avatar.regions]
         # A whole batch through every model: kernels picked and memory reserved before the first
         # viewer's first word, not during it.
