@@ -22,8 +22,10 @@ MAX_REQUEST_BYTES = 64 * 1024   # a request holds a path, a name and a few short
 # What a request may set in the avatar's config.json.
 OVERRIDES = ("tts_model", "timbre", "asr_model", "language", "avatar_model")
 BOUNDS = ("max_pixels", "max_video_pixels", "memory_mb")  # what the manager's settings decide of Bounds
+# musetalk_material: how MuseTalk's material was made, {"box": "face-parsing"|"haar", "mask":
+# "face-parsing"|"ellipse"}; null when none was (the request's latents is false).
 RESULT = ("source_type", "source_format", "frame_count", "size", "faces", "quality", "tts_model", "timbre",
-          "asr_model", "language", "engine", "engines_ready", "processing_seconds")
+          "asr_model", "language", "engine", "engines_ready", "musetalk_material", "processing_seconds")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Random-initialised models of MuseTalk's architecture, saved in MODELS_DIR's layout, so tests
-and CPU benchmarks run the musetalk engine through its real loader without the real weights."""
+and CPU benchmarks run the musetalk engine through its real loaders without the real weights."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from contracts.musetalk_weights import UNET, VAE, WHISPER
+from lipsync_worker.musetalk_model import face_parsing
 
 # musetalkV15/musetalk.json as MuseTalk publishes it (the UNet of Stable Diffusion 1.x with 8 input
 # channels, masked + reference latents, and whisper-tiny's 384-wide features to attend to).
@@ -67,3 +68,13 @@ def save_random(root: Path, size: str = "tiny", seed: int = 0) -> Path:
     WhisperModel(WhisperConfig(**whisper_config)).save_pretrained(root / WHISPER)
     WhisperFeatureExtractor(chunk_length=seconds).save_pretrained(root / WHISPER)
     return root
+
+
+def save_random_face_parsing(root: Path, seed: int = 0) -> Path:
+    """A random-initialised BiSeNet where MODELS_DIR `root` has the face-parsing checkpoint. Full
+    size: the architecture fixes every shape (~53 MB, built and saved in well under a second)."""
+    torch.manual_seed(seed)
+    path = face_parsing.weights_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(face_parsing.BiSeNet().state_dict(), path)
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from contracts.avatars import AvatarError, data_dir
-from contracts.musetalk_weights import missing, models_dir
+from contracts.musetalk_weights import FETCHED, missing, models_dir
 from contracts.ports import TTS_PORTS
 from contracts.tts_models import canonical_model
 
@@ -133,20 +133,22 @@ def serve(argv: list[str]) -> int:
 
 def download_models(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m lipsync_worker download-models",
-                                     description="Fetch MuseTalk 1.5, sd-vae-ft-mse and whisper-tiny from the "
-                                                 "Hugging Face hub into MODELS_DIR (HF_ENDPOINT may name a mirror).")
+                                     description="Fetch MuseTalk 1.5, sd-vae-ft-mse, whisper-tiny and the BiSeNet "
+                                                 "face parsing from the Hugging Face hub into MODELS_DIR "
+                                                 "(HF_ENDPOINT may name a mirror).")
     parser.add_argument("--models_dir", type=Path, default=models_dir())
     args = parser.parse_args(argv)
     try:
         fetched = weights.download(args.models_dir)
     except Exception as exc:  # the hub client's errors have no common base; all mean the same here
         print(f"download-models: could not fetch from the Hugging Face hub ({type(exc).__name__}: {exc}); "
-              f"check the internet connection, HF_ENDPOINT and HF_TOKEN, or copy the files into "
-              f"{args.models_dir.resolve()} by hand", file=sys.stderr)
+              f"missing: {', '.join(missing(args.models_dir, FETCHED))}; check the internet connection, "
+              f"HF_ENDPOINT and HF_TOKEN, or copy the files into {args.models_dir.resolve()} by hand",
+              file=sys.stderr)
         return 1
     for path in fetched:
         print(path)
-    absent = missing(args.models_dir)
+    absent = missing(args.models_dir, FETCHED)
     if absent:
         print(f"download-models: still missing: {', '.join(absent)}", file=sys.stderr)
         return 1

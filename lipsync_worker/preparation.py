@@ -51,16 +51,17 @@ def prepare_avatar(request: prepare.Request) -> dict:
         raise Refused(422, str(exc)) from None
     config = read_config(data_dir, request.name)
     ready = ready_as_prepared()
+    made_with = None
     if request.latents:
         from .musetalk_model.material import prepare_with_vae  # torch: only where latents are made
 
-        prepare_with_vae(avatars.load(data_dir, request.name), models_dir())
+        made_with = prepare_with_vae(avatars.load(data_dir, request.name), models_dir()).made_with
         ready.append("musetalk")
     return {"source_type": prepared.kind, "source_format": prepared.format, "frame_count": prepared.frame_count,
             "size": list(prepared.size), "faces": prepared.faces, "quality": prepared.quality.to_json(),
             "tts_model": config["tts_model"], "timbre": config["timbre"], "asr_model": config["asr_model"],
-            "language": config["language"], "engine": config["avatar_model"],
-            "engines_ready": ready, "processing_seconds": round(time.monotonic() - started, 3)}
+            "language": config["language"], "engine": config["avatar_model"], "engines_ready": ready,
+            "musetalk_material": made_with, "processing_seconds": round(time.monotonic() - started, 3)}
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+from PIL import Image
 from transformers import WhisperConfig, WhisperModel
 
 from conftest import ROOT, run
@@ -111,6 +112,22 @@ def test_talking_changes_the_mouth_with_the_sound_and_nothing_outside_the_blend(
     fx1, fy1, fx2, fy2 = avatar.regions[0].face
     upper = slice(fy1, (fy1 + fy2) // 2 - 2), slice(fx1, fx2)
     assert np.array_equal(one[upper], base[upper])
+
+
+def test_the_face_is_blended_as_musetalks_get_image_blending_pastes_it(engine, data_dir):
+    """MuseTalk pastes the face into the blend square and the square into the frame through the
+    mask with PIL (integer rounding); the engine's blend gives the same bytes."""
+    avatar = avatars.load(data_dir, "demo")
+    face = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)
+    out = engine._blend(frame_job(avatar, engine.new_state(), speech(1)), face)
+    (x1, y1, x2, y2), square = engine.material.crops[0], engine.material.blends[0]
+    mask = Image.fromarray(np.round(engine.material.masks[0][..., 0] * 255).astype(np.uint8))
+    body = Image.fromarray(avatar.frames[0][..., ::-1])
+    large = body.crop(square)
+    resized = cv2.resize(face, (x2 - x1, y2 - y1))
+    large.paste(Image.fromarray(resized[..., ::-1]), (x1 - square[0], y1 - square[1], x2 - square[0], y2 - square[1]))
+    body.paste(large, square[:2], mask)
+    assert np.array_equal(out, np.asarray(body)[..., ::-1])
 
 
 def test_a_batch_renders_each_session_as_it_would_alone(engine, data_dir):
@@ -283,6 +300,7 @@ def test_a_livetalking_musetalk_avatar_is_used_with_its_own_latents_and_masks(ti
     engine.load(avatar)
     assert torch.equal(engine.material.latents, latents)
     assert engine.material.crops == [face] and engine.material.blends == [blend]
+    assert engine.material.made_with == {"box": "livetalking", "mask": "livetalking"}
     out = engine.render([frame_job(avatar, engine.new_state(), speech(1))])[0]
     changed = np.argwhere(np.abs(out.astype(int) - frame).sum(axis=2) > 0)
     # Only inside LiveTalking's mask (rows 90..130, columns 30..110 of its square).
@@ -307,6 +325,7 @@ def test_registering_for_musetalk_prepares_its_latents_and_needs_the_weights(tmp
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["engine"] == "musetalk" and record["engines_ready"] == ["puppet", "musetalk"]
+    assert record["musetalk_material"] == {"box": "haar", "mask": "ellipse"}   # no face-parsing weights
     kept = tmp_path / "data" / "avatars" / "muse" / "musetalk" / "latents.npy"
     made = kept.stat().st_mtime_ns
     engine = create_engine("musetalk", 2, tiny_models)
@@ -335,6 +354,9 @@ def test_download_models_explains_an_unreachable_hub(tmp_path):
                           env={**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0"})
     assert done.returncode == 1
     assert "could not fetch from the Hugging Face hub" in done.stderr and "HF_ENDPOINT" in done.stderr
+    for name in ("musetalkV15/unet.pth", "whisper/preprocessor_config.json", "face-parse-bisent/79999_iter.pth"):
+        assert name in done.stderr
+    assert "Traceback" not in done.stderr
     assert not any(tmp_path.rglob("*.pth"))
 
 

@@ -53,7 +53,7 @@ class MuseTalkEngine(LipSyncEngine):
         m = self.models
         log.info("MuseTalk on %s (%s), batches of up to %d", m.device, str(m.dtype).removeprefix("torch."),
                  self.batch_size)
-        self.material = material.prepare(avatar, m.vae, m.device, m.dtype, material.vae_fingerprint(self.models_dir))
+        self.material = material.prepare(avatar, m.vae, m.device, m.dtype, self.models_dir)
         self._faces = [r.face for r in avatar.regions]
         # A frame's window reads whisper's encoding of each segment it touches, and the last of
         # those may end a whole segment after the window's 80 ms past the frame.

@@ -1,17 +1,19 @@
 """An avatar prepared for MuseTalk: per frame, the face crop, its VAE latents and a blend mask.
 
-- crop: the face box reaching MuseTalk 1.5's 10 px margin further below the chin, scaled to
-  256 x 256 for the models;
+- crop: the face box (MuseTalk's, from the parsed face, when the face-parsing weights are in
+  MODELS_DIR; else Haar's) reaching 10 px further below the chin, scaled to 256 x 256 for the
+  models;
 - latents: the VAE's latents of that crop with its lower half blacked out (what the UNet fills
   in) and of the whole crop (the reference), 8 x 32 x 32;
-- blend: a square 1.5 times the face around its centre, and a mask over it that keeps the lower
-  half of the face, feathered, so only the mouth and jaw come from the model.
+- blend: a square 1.5 times the face around its centre, and a feathered mask over it (MuseTalk's
+  "jaw" mask from the parsed face; else the lower half of an ellipse), so only the mouth and jaw
+  come from the model. framing.py has the rules.
 
-Latents are what costs (two VAE passes a frame); they are kept in avatars/NAME/musetalk/ beside
-the frames, with a fingerprint of the VAE that made them, and made again when it changes. A
-LiveTalking MuseTalk folder (latents.pt, coords.pkl, mask/, mask_coords.pkl) is used as it is.
-MuseTalk draws its mask with a face-parsing network; without one, the mask here is the lower
-half of an ellipse inside the face box.
+Crops, masks and latents cost (two passes of the parsing network and two of the VAE a frame);
+they are kept in avatars/NAME/musetalk/ beside the frames, with fingerprints of the weights that
+made them, and made again when those change. material.json also says which box and mask were
+used ("face-parsing", "haar", "ellipse"). A LiveTalking MuseTalk folder (latents.pt, coords.pkl,
+mask/, mask_coords.pkl) is used as it is.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import logging
 import os
 import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +37,12 @@ from contracts.musetalk_weights import VAE
 
 from ..avatars import Avatar, read_pickle
 from ..faces import Box
+from . import face_parsing
+from .framing import blend_box, crop_box, ellipse_mask, parsed_box, parsed_mask
 
 log = logging.getLogger("lipsync_worker.musetalk")
 
 CROP = 256          # the models' face size
-MARGIN = 10         # MuseTalk 1.5's extra_margin below the face box, in pixels
-EXPAND = 1.5        # the blend square, relative to the face box's longer side
 FOLDER = "musetalk"
 ENCODE_BATCH = 16   # crops per VAE call while preparing
 
@@ -50,29 +53,7 @@ class Material:
     blends: list[Box]           # per avatar frame: the square the mask covers
     masks: list[np.ndarray]     # per avatar frame: float32 0..1, the size of its blend square, HxWx1
     latents: torch.Tensor       # N x 8 x 32 x 32, on the models' device
-
-
-def crop_box(face: Box, height: int) -> Box:
-    x1, y1, x2, y2 = face
-    return x1, y1, x2, min(height, y2 + MARGIN)
-
-
-def blend_box(crop: Box) -> Box:
-    x1, y1, x2, y2 = crop
-    cx, cy, half = (x1 + x2) // 2, (y1 + y2) // 2, int(max(x2 - x1, y2 - y1) // 2 * EXPAND)
-    return cx - half, cy - half, cx + half, cy + half
-
-
-def blend_mask(crop: Box, blend: Box) -> np.ndarray:
-    """The lower half of the face, feathered (MuseTalk's blur: a tenth of the square)."""
-    bx1, by1, bx2, by2 = blend
-    size = bx2 - bx1
-    mask = np.zeros((by2 - by1, size), np.uint8)
-    x1, y1, x2, y2 = (v - o for v, o in zip(crop, (bx1, by1, bx1, by1)))
-    cv2.ellipse(mask, ((x1 + x2) // 2, (y1 + y2) // 2), ((x2 - x1) // 2, (y2 - y1) // 2), 0, 0, 360, 255, -1)
-    mask[:size // 2] = 0
-    kernel = int(0.1 * size // 2 * 2) + 1
-    return cv2.GaussianBlur(mask, (kernel, kernel), 0)
+    made_with: dict[str, str]   # the rules of its crops and masks: {"box": ..., "mask": ...} (_framing)
 
 
 def face_crops(frames: list[np.ndarray], crops: list[Box]) -> np.ndarray:
@@ -99,63 +80,110 @@ def encode(vae: AutoencoderKL, crops: np.ndarray, device: torch.device, dtype: t
     return torch.cat(out)
 
 
-def vae_fingerprint(models_dir: Path) -> str:
-    """Changes when the VAE's files do (their names, sizes and times: no need to hash 300 MB)."""
-    folder = models_dir / VAE
-    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(folder.iterdir()) if p.is_file()]
+def _made_from(avatar: Avatar, models_dir: Path) -> dict:
+    """What the material is made from: the frames' Haar boxes, and the weights (the VAE's files,
+    and the face-parsing checkpoint or None)."""
+    vae = sorted(p for p in (models_dir / VAE).iterdir() if p.is_file())
+    parsing = face_parsing.weights_path(models_dir)
+    return {"vae": _fingerprint(vae), "face_parsing": _fingerprint([parsing]) if parsing.is_file() else None,
+            "faces": [list(r.face) for r in avatar.regions]}
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """Names, sizes and times: no need to hash hundreds of MB."""
+    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def prepare(avatar: Avatar, vae: AutoencoderKL, device: torch.device, dtype: torch.dtype,
-            fingerprint: str) -> Material:
-    """The avatar's material: kept latents when the same VAE made them, else made and kept."""
+            models_dir: Path) -> Material:
+    """The avatar's material: kept when the same weights made it from the same face boxes, else
+    made (with the face-parsing network when MODELS_DIR has it) and kept."""
     livetalking = _livetalking(avatar, device)
     if livetalking is not None:
         return livetalking
-    height = avatar.frames[0].shape[0]
-    crops = [crop_box(r.face, height) for r in avatar.regions]
-    blends = [blend_box(c) for c in crops]
-    latents = _kept_latents(avatar.path, crops, fingerprint)
-    if latents is None:
-        log.info("%s: preparing MuseTalk latents for %d frames", avatar.name, len(crops))
+    made_from = _made_from(avatar, models_dir)
+    kept = _kept(avatar.path, made_from)
+    if kept is None:
+        log.info("%s: preparing MuseTalk's material for %d frames", avatar.name, len(avatar.frames))
+        crops, masks, made_with = _framing(avatar, models_dir, device)
         latents = encode(vae, face_crops(avatar.frames, crops), device, dtype)
-        _keep(avatar, crops, latents, fingerprint)
-    masks = [blend_mask(c, b).astype(np.float32)[..., None] / 255 for c, b in zip(crops, blends)]
-    return Material(crops, blends, masks, latents.to(device))
+        _keep(avatar, {"made_from": made_from, "crops": [list(c) for c in crops], "made_with": made_with},
+              masks, latents)
+    else:
+        crops, masks, latents, made_with = kept
+    log.info("%s: MuseTalk's face boxes from %s, blend masks from %s", avatar.name, made_with["box"],
+             made_with["mask"])
+    return Material(crops, [blend_box(c) for c in crops], [m.astype(np.float32)[..., None] / 255 for m in masks],
+                    latents.to(device), made_with)
 
 
 def prepare_with_vae(avatar: Avatar, models_dir: Path) -> Material:
-    """Preparation alone, at registration: only the VAE is loaded (fp16 on a GPU)."""
+    """Preparation alone, at registration: only the VAE (fp16 on a GPU), and the face parsing
+    where MODELS_DIR has it, are loaded."""
     from .models import default_dtype, load_vae, pick_device
 
     device = pick_device()
     dtype = default_dtype(device)
-    return prepare(avatar, load_vae(models_dir, device, dtype), device, dtype, vae_fingerprint(models_dir))
+    return prepare(avatar, load_vae(models_dir, device, dtype), device, dtype, models_dir)
 
 
-def _kept_latents(path: Path, crops: list[Box], fingerprint: str) -> torch.Tensor | None:
+def _framing(avatar: Avatar, models_dir: Path,
+             device: torch.device) -> tuple[list[Box], list[np.ndarray], dict[str, str]]:
+    """Each frame's crop and blend mask (uint8), and which rules made them (framing.py):
+    {"box": "face-parsing"|"haar", "mask": "face-parsing"|"ellipse"}."""
+    height, width = avatar.frames[0].shape[:2]
+    faces = [r.face for r in avatar.regions]
+    if not face_parsing.weights_path(models_dir).is_file():
+        crops = [crop_box(face, height) for face in faces]
+        return crops, [ellipse_mask(c, blend_box(c)) for c in crops], {"box": "haar", "mask": "ellipse"}
+    net = face_parsing.load(models_dir, device)
+    found = []
+    for frame, face in zip(avatar.frames, faces):
+        square = blend_box(face)
+        found.append(parsed_box(face_parsing.parse(net, frame, square), square, width, height))
+    # One rule for all frames: boxes found two ways would make the face jump between frames.
+    parsed = None not in found
+    if not parsed:
+        log.warning("%s: no nose or chin in the parsed face of %d of %d frames: Haar's face boxes for all",
+                    avatar.name, found.count(None), len(found))
+    crops = [crop_box(box, height) for box in (found if parsed else faces)]
+    masks = []
+    for frame, crop in zip(avatar.frames, crops):
+        square = blend_box(crop)
+        masks.append(parsed_mask(face_parsing.parse(net, frame, square), crop, square))
+    return crops, masks, {"box": "face-parsing" if parsed else "haar", "mask": "face-parsing"}
+
+
+def _kept(path: Path, made_from: dict) -> tuple[list[Box], list[np.ndarray], torch.Tensor, dict[str, str]] | None:
+    """The material kept in the avatar's folder when it was made from `made_from`."""
+    folder = path / FOLDER
     try:
-        meta = json.loads((path / FOLDER / "material.json").read_text())
-        latents = np.load(path / FOLDER / "latents.npy")
-    except (OSError, ValueError):
+        meta = json.loads((folder / "material.json").read_text())
+        if meta.get("made_from") != made_from:
+            return None
+        latents = np.load(folder / "latents.npy")
+        with np.load(folder / "masks.npz") as kept:
+            masks = [kept[f"arr_{i}"] for i in range(len(kept.files))]
+    except (OSError, ValueError, zipfile.BadZipFile):
         return None
-    if meta.get("vae") != fingerprint or meta.get("crops") != [list(c) for c in crops]:
+    crops = [tuple(c) for c in meta["crops"]]
+    if not len(crops) == len(masks) == len(latents) == len(made_from["faces"]):
         return None
-    if latents.shape[0] != len(crops):
-        return None
-    return torch.from_numpy(latents)
+    return crops, masks, torch.from_numpy(latents), meta["made_with"]
 
 
-def _keep(avatar: Avatar, crops: list[Box], latents: torch.Tensor, fingerprint: str) -> None:
-    """Written beside the frames, swapped in whole under the avatar's lock."""
+def _keep(avatar: Avatar, meta: dict, masks: list[np.ndarray], latents: torch.Tensor) -> None:
+    """Written beside the frames, swapped in whole under the avatar's lock; material.json last,
+    as it says what the other files were made from."""
     folder = avatar.path / FOLDER
     with avatar_lock(avatar.path.parent.parent, avatar.name):
         if not avatar.path.is_dir():
             return  # deleted meanwhile: nothing to keep it for
         folder.mkdir(exist_ok=True)
         for name, write in (("latents.npy", lambda f: np.save(f, latents.numpy())),
-                            ("material.json", lambda f: f.write(json.dumps(
-                                {"vae": fingerprint, "crops": [list(c) for c in crops]}).encode()))):
+                            ("masks.npz", lambda f: np.savez_compressed(f, *masks)),
+                            ("material.json", lambda f: f.write(json.dumps(meta).encode()))):
             fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -182,4 +210,4 @@ def _livetalking(avatar: Avatar, device: torch.device) -> Material | None:
         log.warning("%s: LiveTalking's MuseTalk files do not cover every frame; preparing anew", avatar.name)
         return None
     masks = [m.astype(np.float32)[..., None] / 255 for m in masks]
-    return Material(crops, blends, masks, latents.to(device))
+    return Material(crops, blends, masks, latents.to(device), {"box": "livetalking", "mask": "livetalking"})

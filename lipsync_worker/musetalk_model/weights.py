@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.musetalk_weights import DOWNLOAD_COMMAND, FILES, UNET, missing
+from contracts.musetalk_weights import DOWNLOAD_COMMAND, FETCHED, UNET, missing
 
 
 class MissingWeights(Exception):
@@ -20,12 +20,13 @@ def check(root: Path) -> None:
 
 
 def download(root: Path) -> list[Path]:
-    """Fetch what is missing from the Hugging Face hub (HF_ENDPOINT and HF_TOKEN are honoured);
-    files already present are kept. Raises whatever the hub client raises when it cannot."""
+    """Fetch what is missing, the optional face parsing too, from the Hugging Face hub (HF_ENDPOINT
+    and HF_TOKEN are honoured); files already present are kept. Raises whatever the hub client
+    raises when it cannot."""
     from huggingface_hub import hf_hub_download
 
     fetched = []
-    for folder, (repo, needs) in FILES.items():
+    for folder, (repo, needs) in FETCHED.items():
         for choices in needs:
             if any((root / folder / name).is_file() for name in choices):
                 continue
