@@ -11,6 +11,7 @@ call, as the worker does for B talking sessions in one tick.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -43,6 +44,7 @@ def measure(engine: MuseTalkEngine, avatar, batch: int, seconds: float) -> dict:
     states = [engine.new_state() for _ in range(batch)]
     cuda = engine.models.device.type == "cuda"
     if cuda:
+        torch.cuda.empty_cache()  # what the warm-up at the largest batch left cached is not this batch's
         torch.cuda.reset_peak_memory_stats()
     engine.batch_size = batch
 
@@ -63,6 +65,17 @@ def measure(engine: MuseTalkEngine, avatar, batch: int, seconds: float) -> dict:
             "peak_mib": torch.cuda.max_memory_reserved() / 2 ** 20 if cuda else None}
 
 
+def driven(engine: MuseTalkEngine, avatar, batches: list[int], seconds: float, load_s: float) -> None:
+    """--driven, for bench/gpu_check.py, which starts several of us, lets all measure at once, and
+    reads the GPU's memory between steps while each of us holds its own: a JSON line after loading
+    and after each batch size, each followed by a wait for its go (a line on stdin, or its end)."""
+    print(json.dumps({"load_s": load_s}), flush=True)
+    sys.stdin.readline()
+    for batch in batches:
+        print(json.dumps(measure(engine, avatar, batch, seconds)), flush=True)
+        sys.stdin.readline()
+
+
 def cpu_model() -> str:
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -81,6 +94,8 @@ def main() -> None:
     parser.add_argument("--batch", default="1,4,8,16,32", help="comma-separated batch sizes")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per batch size")
     parser.add_argument("--models_dir", type=Path, default=None, help="real weights instead of random ones")
+    parser.add_argument("--driven", action="store_true",
+                        help="for bench/gpu_check.py: JSON lines, each step waiting for a line on stdin")
     args = parser.parse_args()
     size = "tiny" if args.tiny else args.size
     batches = [int(b) for b in args.batch.split(",")]
@@ -100,6 +115,9 @@ def main() -> None:
         began = time.perf_counter()
         engine.load(avatar)
         load_s = time.perf_counter() - began
+        if args.driven:
+            driven(engine, avatar, batches, args.seconds, load_s)
+            return
         rows = [measure(engine, avatar, b, args.seconds) for b in batches]
         used_mib = (free_before - torch.cuda.mem_get_info(device)[0]) / 2 ** 20 if device.type == "cuda" else None
 

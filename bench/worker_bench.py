@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from harness.avatars import prepare_portrait  # noqa: E402
 from harness.ports import free_port, wait_healthy  # noqa: E402
 from harness.processes import end  # noqa: E402
-from harness.viewer import Viewer, loud_after, speech_at_network  # noqa: E402
+from harness.viewer import Viewer, loud_after, speech_at_network, video_timing  # noqa: E402
 
 TEXT = "Hello, I am your avatar. Ask me anything you like and I will answer."
 
@@ -66,17 +65,11 @@ async def measure(url: str, pid: int, viewers_count: int, trials: int, decode_vi
             heard.append(loud_after(got.audio, asked, 300) - asked)
             silence.append(last_speech_packet(got.rtp_levels, interrupted) - interrupted)
         cpu1, t1 = process.cpu_times(), time.monotonic()
-        intervals, rates = [], []
-        for viewer in viewers:
-            times = [t for t, *_ in viewer.received.video if t0 <= t < t1]
-            rates.append(len(times) / (t1 - t0))
-            intervals += list(np.diff(times))
         for viewer in viewers:
             await viewer.close()
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
     return {
-        "fps": statistics.mean(rates), "fps_min": min(rates),
-        "p99_ms": 1000 * float(np.percentile(intervals, 99)),
+        **video_timing([viewer.received for viewer in viewers], t0, t1),
         "speech_ms": 1000 * statistics.median(speech), "speech_max_ms": 1000 * max(speech),
         "heard_ms": 1000 * statistics.median(heard),
         "silence_ms": 1000 * statistics.median(silence), "cpu": cpu, "cpu_per_session": cpu / viewers_count,

@@ -2,6 +2,7 @@
 log folders and free ports of its own, for tests and benchmarks alike."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from .avatars import make_avatar
 from .ports import manager_ports
 
 ROOT = Path(__file__).resolve().parent.parent
+FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
 WORKER_MODULES = ("tests.fake_worker", "lipsync_worker")
 # Tests want a small fleet that gives up and stops quickly; benchmarks measure the manager's own
 # defaults (test_settings=False), of which MAX_AVATARS is needed here to reserve its ports.
@@ -118,12 +120,7 @@ class Manager:
 
     def metrics(self) -> dict[str, float]:
         """GET /metrics: the samples without labels, by name."""
-        values = {}
-        for line in checked(self.get("/metrics")).text.splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                name, _, value = line.partition(" ")
-                values[name] = float(value)
-        return values
+        return samples(checked(self.get("/metrics")).text)
 
     def tree(self) -> list[psutil.Process]:
         """The manager and every process below it, including workers in sessions of their own;
@@ -199,6 +196,23 @@ def checked(response: requests.Response) -> requests.Response:
         raise RuntimeError(f"{response.request.method} {response.request.path_url}: "
                            f"{response.status_code} {response.text[:500]}")
     return response
+
+
+def samples(metrics: str) -> dict[str, float]:
+    """The samples without labels of a Prometheus text page (a manager's or a worker's /metrics), by name."""
+    values = {}
+    for line in metrics.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            values[name] = float(value)
+    return values
+
+
+def fake_nvml_env(world: dict | Path) -> dict[str, str]:
+    """Environment in which a manager finds tests/fake_nvml/pynvml.py instead of nvidia-ml-py,
+    reporting `world`, or the world in that file (the fake's docstring says what it may hold)."""
+    path = os.pathsep.join(filter(None, [str(FAKE_NVML_DIR), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "FAKE_NVML": str(world) if isinstance(world, Path) else json.dumps(world)}
 
 
 def with_managers(run: Callable[[Namespace, Path, list[Manager]], None], args: Namespace, prefix: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -179,6 +180,19 @@ def speech_at_network(levels: list[tuple[float, int]], since: float) -> float | 
 
 def fps(times: list[float], start: float, end: float) -> float:
     return sum(start <= t < end for t in times) / (end - start)
+
+
+def video_timing(received: list[Received], start: float, end: float) -> dict[str, float]:
+    """Video frames per second in [start, end), the mean and the lowest over the viewers, and the
+    99th percentile of the intervals between consecutive frames over all of them, in ms."""
+    rates, intervals = [], []
+    for got in received:
+        times = [t for t, *_ in got.video if start <= t < end]
+        rates.append(fps(times, start, end))
+        intervals += list(np.diff(times))
+    if not intervals:
+        raise RuntimeError("no viewer received two video frames")
+    return {"fps": statistics.mean(rates), "fps_min": min(rates), "p99_ms": 1000 * float(np.percentile(intervals, 99))}
 
 
 def loud_after(audio: list[tuple[float, float]], since: float, level: float) -> float | None:

@@ -12,13 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from harness.manager import FAKE_NVML_DIR, fake_nvml_env
 from harness.processes import wait_for
 
 from avatar_manager import gpus
 from avatar_manager.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
 
 
 def gpu(free_mb: int, total_mb: int = 81920, name: str = "H100", **extra) -> dict:
@@ -130,9 +128,7 @@ def test_memory_is_read_again_on_every_call(nvml, tmp_path):
 
 def nvml_env(world: dict | Path, **env) -> dict[str, str]:
     """The manager's environment: the fake pynvml first on its path, the fault-injection worker."""
-    path = os.pathsep.join([str(FAKE_NVML_DIR), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
-    return {"PYTHONPATH": path, "WORKER_MODULE": "tests.fake_worker", "MAX_AVATARS": "4",
-            "FAKE_NVML": str(world) if isinstance(world, Path) else json.dumps(world), **env}
+    return {**fake_nvml_env(world), "WORKER_MODULE": "tests.fake_worker", "MAX_AVATARS": "4", **env}
 
 
 def start(m, avatar: str) -> dict:
