@@ -6,7 +6,10 @@ UNet, VAE decode, blend into the 512x512 frame) for a batch of sessions, and GPU
 
 Random weights of the real sizes cost what the real ones do; they are saved to disk and read
 back through the worker's own loader. Each row renders one frame for each of B sessions per
-call, as the worker does for B talking sessions in one tick.
+call, as the worker does for B talking sessions in one tick. Each session speaks one long
+utterance queued ahead, as the TTS queues it, and a new sentence is appended to it every
+SENTENCE_TICKS frames (2 s, about one espeak sentence), so whisper re-encodes the utterance's
+segment as often as it does in the worker, not every frame.
 """
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ from lipsync_worker.musetalk_model import models  # noqa: E402
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
+SENTENCE_TICKS = 50
+MAX_TICKS = 1500   # a batch size's measurement ends here at the latest (60 s of speech)
+
+
 def speech(rng: np.random.Generator, count: int) -> np.ndarray:
     return (rng.standard_normal(count) * 5000).astype(np.int16)
 
@@ -48,14 +55,19 @@ def measure(engine: MuseTalkEngine, avatar, batch: int, seconds: float) -> dict:
         torch.cuda.reset_peak_memory_stats()
     engine.batch_size = batch
 
+    utterances = [speech(rng, 640 * (MAX_TICKS + 1) + engine.lookahead) for _ in states]
+
     def jobs(tick: int) -> list[FrameJob]:
-        return [FrameJob(0, avatar.frames[0], avatar.regions[0], speech(rng, 640), None, s, tick,
-                         speech(rng, engine.lookahead)) for s in states]
+        # Sessions' sentences arrive at different ticks, as they do in the worker.
+        return [FrameJob(0, avatar.frames[0], avatar.regions[0], audio[640 * tick:640 * (tick + 1)], None, s,
+                         tick, audio[640 * (tick + 1):640 * (tick + 1) + engine.lookahead],
+                         (tick + 7 * i) // SENTENCE_TICKS)
+                for i, (s, audio) in enumerate(zip(states, utterances))]
 
     engine.render(jobs(0))  # this batch size's first call picks its kernels
     times, tick = [], 1
     began = time.perf_counter()
-    while time.perf_counter() - began < seconds or len(times) < 3:
+    while (time.perf_counter() - began < seconds or len(times) < 3) and tick < MAX_TICKS:
         t0 = time.perf_counter()
         engine.render(jobs(tick))  # returns host frames: the GPU's work is done
         times.append(time.perf_counter() - t0)
