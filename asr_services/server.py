@@ -10,12 +10,12 @@ import time
 
 from aiohttp import web
 from aiohttp.helpers import parse_mimetype
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts import auth
 from contracts.asr_models import DEFAULT_LANGUAGE, LANGUAGE, SAMPLE_RATE, check_language
 from contracts.errors import ErrorSchema, error, json_errors
 from contracts.openapi import aiohttp_document, error_responses
+from contracts.service_routes import add_metrics_and_document
 
 from .engines.base import Recognizer, Unavailable
 from .metrics import Metrics
@@ -156,34 +156,6 @@ def create_app(recognizer: Recognizer, settings: Settings) -> web.Application:
         return web.json_response({"status": "ok", "model": recognizer.name, "languages": languages,
                                   "uptime_seconds": round(time.monotonic() - started, 1)})
 
-    async def metrics_route(request: web.Request) -> web.Response:
-        """Prometheus metrics.
-        ---
-        get:
-          summary: Prometheus metrics (utterances by outcome, audio recognised, time spent recognising)
-          responses:
-            200:
-              description: Prometheus text format
-              content:
-                text/plain:
-                  schema: {type: string}
-        """
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def openapi(request: web.Request) -> web.Response:
-        """This document.
-        ---
-        get:
-          summary: The OpenAPI document of this server
-          responses:
-            200:
-              description: OpenAPI 3 document
-              content:
-                application/json:
-                  schema: {type: object}
-        """
-        return web.json_response(described)
-
     async def close_recognizer(app: web.Application) -> None:
         await recognizer.close()
 
@@ -192,9 +164,7 @@ def create_app(recognizer: Recognizer, settings: Settings) -> web.Application:
     app.router.add_get("/asr", asr)
     app.router.add_post("/transcribe", transcribe)
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics_route)
-    app.router.add_get("/openapi.json", openapi)
-    described = document(app, recognizer, settings)  # once every route is in place
+    add_metrics_and_document(app, metrics.registry, lambda app: document(app, recognizer, settings))
     app.on_cleanup.append(close_recognizer)
     return app
 

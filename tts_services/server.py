@@ -10,12 +10,13 @@ import time
 from typing import AsyncIterator, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from contracts import auth
 from contracts.errors import ErrorSchema, error, json_errors
 from contracts.limits import MAX_JSON_BYTES
 from contracts.openapi import aiohttp_document, error_responses
+from contracts.service_routes import add_metrics_and_document
 
 from . import protocol
 from .engines.base import AudioChunk, BadRequest, TTSEngine, UpstreamUnavailable
@@ -206,34 +207,6 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
         return web.json_response({"status": "ok", "model": engine.name,
                                   "uptime_seconds": round(time.monotonic() - started, 1)})
 
-    async def metrics_route(request: web.Request) -> web.Response:
-        """Prometheus metrics.
-        ---
-        get:
-          summary: Prometheus metrics (requests by outcome, time to first audio, audio produced)
-          responses:
-            200:
-              description: Prometheus text format
-              content:
-                text/plain:
-                  schema: {type: string}
-        """
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def openapi(request: web.Request) -> web.Response:
-        """This document.
-        ---
-        get:
-          summary: The OpenAPI document of this server
-          responses:
-            200:
-              description: OpenAPI 3 document
-              content:
-                application/json:
-                  schema: {type: object}
-        """
-        return web.json_response(described)
-
     async def close_engine(app: web.Application) -> None:
         await engine.close()
 
@@ -243,9 +216,7 @@ def create_app(engine: TTSEngine, settings: Settings) -> web.Application:
     app.router.add_post("/tts/events", tts_events)
     app.router.add_get("/voices", voices)
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics_route)
-    app.router.add_get("/openapi.json", openapi)
-    described = document(app, engine, settings)  # once every route is in place
+    add_metrics_and_document(app, metrics.registry, lambda app: document(app, engine, settings))
     app.on_cleanup.append(close_engine)
     return app
 
