@@ -528,7 +528,12 @@ def check_weights(ctx: Context) -> list[Finding]:
     if absent:
         return [warn(f"MuseTalk weights not found at {where} (missing {', '.join(absent)}); only the puppet "
                      "engine can run", f"run '{weights.DOWNLOAD_COMMAND}' where there is internet, or set MODELS_DIR")]
-    return [ok(f"MuseTalk weights at {where}")]
+    if weights.missing(folder, weights.OPTIONAL):
+        return [ok(f"MuseTalk weights at {where}"),
+                info(f"no face-parsing weights ({weights.FACE_PARSING}/ at {where}): musetalk avatars are "
+                     "blended through an ellipse in a Haar face box instead of MuseTalk's own mask and box; "
+                     f"'{weights.DOWNLOAD_COMMAND}' fetches them")]
+    return [ok(f"MuseTalk weights at {where}, with face parsing")]
 
 
 # --- running -----------------------------------------------------------------------------------

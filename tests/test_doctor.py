@@ -203,6 +203,11 @@ def test_musetalk_weights_in_place_are_found(tmp_path):
         (models / name).write_text("{}")
     run = doctor(env)
     assert run.has("ok", "MuseTalk weights at", f"MODELS_DIR={models}"), run.text
+    assert run.has("info", "no face-parsing weights", "ellipse", "download-models"), run.text
+    (models / "face-parse-bisent").mkdir()
+    (models / "face-parse-bisent" / "79999_iter.pth").write_text("{}")
+    run = doctor(env)
+    assert run.has("ok", "MuseTalk weights at", "with face parsing") and not run.has("info", "face-parsing"), run.text
     (models / "musetalkV15" / "unet.pth").unlink()
     run = doctor(env)
     assert run.has("warn", "MuseTalk weights not found", "musetalkV15/unet.pth", "download-models"), run.text
