@@ -16,12 +16,12 @@ import aiohttp_cors
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from asr_services.client import ASRClient, ASRError
 from contracts import auth
 from contracts.limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES, MAX_JSON_BYTES
 from contracts.openapi import aiohttp_document, error_responses, load
 from contracts.worker_api import (SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema,
                                   SessionRequestSchema)
-from asr_services.client import ASRClient, ASRError
 from tts_services.audio import AudioTooLong, decode_file
 from tts_services.engines.base import AudioChunk
 
