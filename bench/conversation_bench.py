@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from harness.avatars import prepare_portrait  # noqa: E402
-from harness.ports import free_port, wait_healthy  # noqa: E402
-from harness.processes import end  # noqa: E402
+from harness.processes import Services  # noqa: E402
 from harness.speech import espeak_pcm  # noqa: E402
+from harness.stats import percentile  # noqa: E402
 from harness.viewer import MIC_RATE, Microphone, Viewer, speech_at_network  # noqa: E402
 
 QUESTION = "What is the weather like today?"
@@ -53,29 +51,6 @@ def voiced_seconds(pcm: bytes) -> tuple[float, float]:
     samples = np.abs(np.frombuffer(pcm, "<i2").astype(np.int32))
     loud = np.flatnonzero(samples > 500)
     return loud[0] / MIC_RATE, (loud[-1] + 1) / MIC_RATE
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[math.ceil(q * len(ordered)) - 1]  # nearest rank
-
-
-class Procs:
-    def __init__(self) -> None:
-        self.running: list[subprocess.Popen] = []
-
-    async def start(self, argv: list[str], env: dict | None = None, ready: str = "/health") -> str:
-        port = free_port()
-        argv = [a.replace("{port}", str(port)) for a in argv]
-        self.running.append(subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        url = f"http://127.0.0.1:{port}"
-        await wait_healthy(url, ready, timeout=60)
-        return url
-
-    def stop(self) -> None:
-        for proc in self.running:
-            end(proc)
 
 
 async def until(check, timeout: float = 30.0) -> None:
@@ -159,7 +134,7 @@ def stages(metrics: str) -> dict[str, float]:
 async def bench(count: int) -> None:
     from harness.whisper import save_random   # transformers and ctranslate2: only here
 
-    procs = Procs()
+    procs = Services(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         data, models = Path(tmp) / "data", Path(tmp) / "models"
         prepare_portrait(data, "astro")

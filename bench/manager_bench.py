@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -51,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.avatars import prepare_portrait  # noqa: E402
 from harness.manager import Manager, checked, with_managers  # noqa: E402
+from harness.stats import percentile  # noqa: E402
 
 TIMEOUT = 120.0          # one request, cold starts included
 WARMUP = 0.5             # seconds of load discarded before a warm measurement
@@ -262,10 +262,7 @@ def summary(samples: list[tuple[float, float, int]], window: float) -> dict:
     latencies = sorted(1000 * s[1] for s in samples)
     if not latencies:
         raise RuntimeError("no request was measured")
-
-    def rank(q: float) -> float:  # nearest rank
-        return latencies[max(0, math.ceil(q * len(latencies)) - 1)]
-    return {"n": len(latencies), "p50": rank(0.50), "p99": rank(0.99), "mean": statistics.fmean(latencies),
+    return {"n": len(latencies), "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99), "mean": statistics.fmean(latencies),
             "max": latencies[-1], "rps": len(latencies) / window, "errors": sum(s[2] != 200 for s in samples)}
 
 

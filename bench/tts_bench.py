@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,8 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from harness.ports import free_port, wait_healthy  # noqa: E402
+from harness.processes import Services  # noqa: E402
+from harness.stats import percentile  # noqa: E402
 from tts_services.client import LocalTTS  # noqa: E402
 
 TEXTS = {
@@ -74,9 +73,7 @@ async def measure(speak, text: str, runs: int) -> dict:
         firsts.append(1000 * first)
         totals.append(time.perf_counter() - t0)
         audio = size / 32000
-    firsts.sort()
-    p95 = firsts[math.ceil(0.95 * len(firsts)) - 1]  # nearest rank
-    return {"first_p50": statistics.median(firsts), "first_p95": p95,
+    return {"first_p50": statistics.median(firsts), "first_p95": percentile(firsts, 0.95),
             "rtf": statistics.median(totals) / audio, "audio": audio, "failure": None}
 
 
@@ -84,24 +81,17 @@ async def bench(runs: int) -> list[tuple]:
     prompt = ROOT / "bench" / ".prompt.wav"
     prompt.write_bytes(b"RIFF" + bytes(1000))
     upstreams = {"sovits": "sovits", "cosyvoice": "cosyvoice", "tacotron": "coqui"}
-    procs, rows = [], []
+    procs, rows = Services(ROOT), []
     try:
         for model in ("espeak", "edgetts", "sovits", "cosyvoice", "tacotron"):
-            env = dict(os.environ)
+            env = {}
             if model in upstreams:
-                up_port = free_port()
-                procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "upstreams.py"),
-                                               upstreams[model], "--port", str(up_port)]))
-                up = f"http://127.0.0.1:{up_port}"
-                await wait_healthy(up, "/last")
+                up = await procs.start([sys.executable, str(ROOT / "tests" / "upstreams.py"), upstreams[model],
+                                        "--port", "{port}"], ready="/last")
                 env.update(SOVITS_URL=up, SOVITS_REF_AUDIO="/ref.wav", COSYVOICE_URL=up,
                            COSYVOICE_REF_AUDIO=str(prompt), TACOTRON_URL=up)
-            port = free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "tts_services", "--model", model,
-                                           "--port", str(port)], cwd=ROOT, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            url = f"http://127.0.0.1:{port}"
-            await wait_healthy(url, "/health")
+            url = await procs.start([sys.executable, "-m", "tts_services", "--model", model, "--port", "{port}"],
+                                    env)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
                 for name, text in TEXTS.items():
                     if model in upstreams and name.startswith("fa"):
@@ -112,10 +102,7 @@ async def bench(runs: int) -> list[tuple]:
         for name, text in TEXTS.items():
             rows.append(("espeak in-process", name, runs, await measure(in_process(local), text, runs)))
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
+        procs.stop()
         prompt.unlink(missing_ok=True)
     return rows
 

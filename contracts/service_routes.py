@@ -1,4 +1,4 @@
-"""The routes every model server has besides its own: GET /metrics and GET /openapi.json."""
+"""The routes every service has besides its own: GET /metrics and GET /openapi.json."""
 from __future__ import annotations
 
 from typing import Callable
@@ -8,8 +8,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 
 def add_metrics_and_document(app: web.Application, registry: CollectorRegistry,
-                             document: Callable[[web.Application], dict]) -> None:
-    """Add both; call it once the server's own routes are in, so that the document covers them."""
+                             document: Callable[[web.Application], dict],
+                             measure: Callable[[], None] = lambda: None) -> None:
+    """Add both. measure() sets the gauges read at scrape time. The document is made at its first
+    request, when every route is in, those added after this call (CORS preflights) too."""
+    made: dict = {}
 
     async def metrics(request: web.Request) -> web.Response:
         """Prometheus metrics.
@@ -23,6 +26,7 @@ def add_metrics_and_document(app: web.Application, registry: CollectorRegistry,
                 text/plain:
                   schema: {type: string}
         """
+        measure()
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(request: web.Request) -> web.Response:
@@ -37,8 +41,9 @@ def add_metrics_and_document(app: web.Application, registry: CollectorRegistry,
                 application/json:
                   schema: {type: object}
         """
-        return web.json_response(described)
+        if not made:
+            made.update(document(app))
+        return web.json_response(made)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
-    described = document(app)

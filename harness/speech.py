@@ -5,6 +5,7 @@ looping it); the silences let the voice activity detector find where each uttera
 from __future__ import annotations
 
 import asyncio
+import io
 import wave
 from pathlib import Path
 
@@ -32,12 +33,19 @@ def _silence(seconds: float) -> bytes:
     return b"\0\0" * round(SAMPLE_RATE * seconds)
 
 
+def wav(pcm: bytes, rate: int = SAMPLE_RATE) -> bytes:
+    """Mono s16le PCM as the bytes of a WAV file."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
 def speech_wav(path: Path, text: str = SENTENCE, silence_before: float = 2.0, silence_after: float = 2.0,
                voice: str | None = None) -> Path:
     """Write `text` in espeak's voice, 16 kHz mono 16-bit, between silences of the given seconds."""
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(SAMPLE_RATE)
-        wav.writeframes(_silence(silence_before) + espeak_pcm_now(text, voice) + _silence(silence_after))
+    path.write_bytes(wav(_silence(silence_before) + espeak_pcm_now(text, voice) + _silence(silence_after)))
     return path

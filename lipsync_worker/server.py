@@ -14,12 +14,12 @@ from pathlib import Path
 
 import aiohttp_cors
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from asr_services.client import ASRClient, ASRError
 from contracts import auth
 from contracts.limits import MAX_AUDIO_BYTES, MAX_FORM_BYTES, MAX_JSON_BYTES
 from contracts.openapi import aiohttp_document, error_responses, load
+from contracts.service_routes import add_metrics_and_document
 from contracts.worker_api import (SCHEMAS, EventsQuerySchema, HumanAudioSchema, HumanSchema, OfferSchema,
                                   SessionRequestSchema)
 from tts_services.audio import AudioTooLong, decode_file
@@ -78,7 +78,6 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
     app["failed"] = False
     started = time.monotonic()
     engine = stage.engine
-    document: dict = {}
 
     def find(session_id: int) -> Session:
         session = sessions.get(session_id)
@@ -394,23 +393,11 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
             "uptime_seconds": round(time.monotonic() - started, 1),
         })
 
-    async def metrics(request: web.Request) -> web.Response:
-        """Prometheus metrics.
-        ---
-        get:
-          summary: Prometheus metrics (text exposition format)
-          responses:
-            200:
-              description: the metrics
-              content:
-                text/plain:
-                  schema: {type: string}
-        """
+    def measure() -> None:
         METRICS.fps.set(stage.fps)
         METRICS.speaking.set(sum(s.speaking for s in sessions))
         for kind in ("video", "audio"):
             METRICS.queue_depth.labels(kind).set(sum(getattr(s, kind).depth for s in sessions))
-        return web.Response(body=generate_latest(METRICS.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def page(request: web.Request) -> web.FileResponse:
         """The worker's own test page (also at LiveTalking's /webrtcapi.html and /index.html).
@@ -426,24 +413,12 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
         """
         return web.FileResponse(PAGE)
 
-    async def openapi(request: web.Request) -> web.Response:
-        """This document.
-        ---
-        get:
-          summary: The OpenAPI 3 document of this worker
-          responses:
-            200:
-              description: the document
-              content:
-                application/json:
-                  schema: {type: object}
-        """
-        if not document:  # made at first use, when every route (and its CORS preflight) is in
-            document.update(aiohttp_document(app, "lip-sync worker", "1.0", SCHEMAS))
-            document["components"]["responses"] = ERROR_RESPONSES
-            if settings.api_token:
-                auth.document(document, OPEN_PATHS, UNAUTHORIZED)
-        return web.json_response(document)
+    def document(app: web.Application) -> dict:
+        spec = aiohttp_document(app, "lip-sync worker", "1.0", SCHEMAS)
+        spec["components"]["responses"] = ERROR_RESPONSES
+        if settings.api_token:
+            auth.document(spec, OPEN_PATHS, UNAUTHORIZED)
+        return spec
 
     async def warm_up() -> None:
         begun = time.monotonic()
@@ -476,10 +451,9 @@ def create_app(settings: WorkerSettings, avatar: Avatar, stage: Stage, sessions:
     app.router.add_post("/is_speaking", is_speaking)
     app.router.add_get("/sse", events)
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
     for path in PAGE_PATHS:
         app.router.add_get(path, page)
-    app.router.add_get("/openapi.json", openapi)
+    add_metrics_and_document(app, METRICS.registry, document, measure)
     # /set_audiotype and /record (playback_routes.py)
     add_playback_routes(app, avatar, Recorder(settings.record_max_seconds, settings.record_max_bytes,
                                               settings.record_retention_seconds), find)

@@ -84,6 +84,24 @@ def spawn(tmp_path):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def astro_data(tmp_path_factory):
+    """A data directory with the bundled portrait prepared as avatar "astro"."""
+    data = tmp_path_factory.mktemp("data")
+    prepare_portrait(data, "astro")
+    return data
+
+
+@pytest.fixture
+def puppet_worker(spawn, astro_data):
+    """puppet_worker(*flags, **env) -> Server: a puppet lip-sync worker of "astro"."""
+    def start(*flags: str, **env: str) -> Server:
+        return spawn([sys.executable, "-m", "lipsync_worker", "--transport", "webrtc", "--model", "puppet",
+                      "--avatar_id", "astro", "--listenport", "{port}", "--instance_token", "tok-123", *flags],
+                     env={"AVATAR_DATA_DIR": str(astro_data), **env})
+    return start
+
+
 @pytest.fixture
 def tts_server(spawn):
     """tts_server(model, **env) -> Server running `python -m tts_services`."""

@@ -16,7 +16,7 @@ import requests
 from asr_services.client import ASRClient, ASRError
 from conftest import ROOT, Server, asr_argv, run
 from harness.ports import free_port
-from tts_services.client import LocalTTS
+from harness.speech import espeak_pcm_now
 from upstreams import TRANSCRIPT
 
 # espeak's voice differs a little from one synthesis to the next; sphinx hears "weather" in this
@@ -31,9 +31,7 @@ TOKEN = "asr-test-token"
 @pytest.fixture(scope="module")
 def speech() -> bytes:
     """SPEECH as 16 kHz s16le PCM, spoken by the offline espeak voice."""
-    async def say() -> bytes:
-        return b"".join([chunk.pcm async for chunk in LocalTTS().stream(SPEECH)])
-    return run(say())
+    return espeak_pcm_now(SPEECH)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,8 @@ event stream is relayed, bounded. A real aiortc viewer, a real worker, a real vo
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import time
-import wave
 
 import aiohttp
 import pytest
@@ -19,6 +17,7 @@ from avatar_manager import relay
 from conftest import run
 from harness.avatars import make_avatar
 from harness.processes import wait_for
+from harness.speech import wav
 from harness.viewer import Viewer, loud_after
 from upstreams import tone
 
@@ -71,13 +70,9 @@ def test_a_viewer_sees_hears_and_interrupts_through_the_manager_alone(fleet):
                 assert status == 400 and "LLM_URL" in body["msg"]
 
                 # An audio file, multipart, relayed whole.
-                pcm = tone("x" * 30, 16000)
-                buffer = io.BytesIO()
-                with wave.open(buffer, "wb") as wav:
-                    wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(16000), wav.writeframes(pcm)
                 form = aiohttp.FormData()
                 form.add_field("sessionid", str(viewer.sessionid))
-                form.add_field("file", buffer.getvalue(), filename="tone.wav", content_type="audio/wav")
+                form.add_field("file", wav(tone("x" * 30, 16000)), filename="tone.wav", content_type="audio/wav")
                 async with http.post(m.url + "/avatar/demo/humanaudio", data=form) as response:
                     assert response.status == 200, await response.text()
                 await until_speaking(viewer, http, True)

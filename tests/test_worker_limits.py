@@ -4,12 +4,10 @@ length of uploaded audio, offers that never connect; and a flooded worker still 
 Real worker processes with the prepared demo avatar, real aiortc viewers on loopback.
 """
 import asyncio
-import io
 import signal
 import socket
 import sys
 import time
-import wave
 
 import aiohttp
 import psutil
@@ -19,6 +17,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from conftest import run
 from harness.bombs import silent_flac
+from harness.speech import wav
 from harness.viewer import Viewer
 
 LONG_TEXT = ("Hello there, my name is Astro, and I am talking to you over WebRTC while my lips follow "
@@ -64,13 +63,7 @@ class RssPeak:
 
 
 def silent_wav(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(bytes(2 * int(seconds * rate)))
-    return buf.getvalue()
+    return wav(bytes(2 * int(seconds * rate)), rate)
 
 
 async def upload(http: aiohttp.ClientSession, url: str, sessionid: int, data: bytes, name: str) -> tuple[int, dict]:

@@ -2,21 +2,18 @@
 real worker, which finds the speech (Silero VAD), has a real sphinx recognition server transcribe
 it, and answers: said back (echo) or through a local OpenAI-compatible LLM (chat)."""
 import asyncio
-import io
 import json
 import subprocess
 import sys
 import time
-import wave
 
 import aiohttp
 import pytest
 import requests
 
 from conftest import ROOT, asr_argv, run
-from harness.avatars import prepare_portrait
 from harness.ports import free_port
-from harness.speech import espeak_pcm, espeak_pcm_now
+from harness.speech import espeak_pcm, espeak_pcm_now, wav
 from harness.viewer import Microphone, Viewer, loud_after
 from upstreams import CHAT_REPLY
 
@@ -26,24 +23,16 @@ LOUD_RMS = 300
 LONG_TEXT = "I am telling you a long story now, about the sea and the ships on it, and it goes on " * 3
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    prepare_portrait(data, "astro")
-    return data
-
-
 @pytest.fixture
 def sphinx(spawn):
     return spawn(asr_argv("sphinx"))
 
 
 @pytest.fixture
-def worker(spawn, data_dir):
+def worker(puppet_worker):
+    """A puppet worker whose viewers' speech goes to the recognition server at asr_url."""
     def start(asr_url: str, **env: str):
-        return spawn([sys.executable, "-m", "lipsync_worker", "--model", "puppet", "--avatar_id", "astro",
-                      "--listenport", "{port}", f"--ASR_SERVER={asr_url}"],
-                     env={"AVATAR_DATA_DIR": str(data_dir), **env})
+        return puppet_worker(f"--ASR_SERVER={asr_url}", **env)
     return start
 
 
@@ -185,16 +174,6 @@ def test_a_recognition_server_that_is_away_is_told_to_the_viewer(worker):
             return error
 
     assert "speech recognition failed" in run(scenario())["message"]
-
-
-def wav(pcm: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 def test_an_uploaded_question_is_recognised_and_answered(sphinx, worker, upstream):

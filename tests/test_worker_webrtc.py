@@ -1,11 +1,9 @@
 """The lip-sync worker as a real process, watched by real aiortc viewers over loopback."""
 import asyncio
-import io
 import json
 import subprocess
 import sys
 import time
-import wave
 
 import aiohttp
 import numpy as np
@@ -13,8 +11,8 @@ import pytest
 import requests
 
 from conftest import ROOT, run
-from harness.avatars import prepare_portrait
 from harness.ports import free_port
+from harness.speech import wav
 from harness.viewer import Viewer, fps, loud_after, mouth_motion, quiet_after, speech_at_network
 from upstreams import CHAT_REPLY, tone
 
@@ -22,24 +20,8 @@ LOUD_RMS = 300          # decoded 16-bit audio: speech is far above, silence is 
 SILENT_DBOV = 100       # RTP audio level: 127 is digital silence, speech is well under 60
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    prepare_portrait(data, "astro")
-    return data
-
-
-@pytest.fixture
-def worker(spawn, data_dir):
-    def start(*flags: str, **env: str):
-        return spawn([sys.executable, "-m", "lipsync_worker", "--transport", "webrtc", "--model", "puppet",
-                      "--avatar_id", "astro", "--listenport", "{port}", "--instance_token", "tok-123", *flags],
-                     env={"AVATAR_DATA_DIR": str(data_dir), **env})
-    return start
-
-
-def mouth_box(data_dir):
-    return tuple(json.loads((data_dir / "avatars" / "astro" / "regions.json").read_text())[0]["mouth"])
+def mouth_box(astro_data):
+    return tuple(json.loads((astro_data / "avatars" / "astro" / "regions.json").read_text())[0]["mouth"])
 
 
 def silence_at_network(levels, since):
@@ -47,12 +29,12 @@ def silence_at_network(levels, since):
     return next((t for i, (t, _) in enumerate(later) if all(lv > SILENT_DBOV for _, lv in later[i:])), None)
 
 
-def test_a_viewer_sees_25_fps_hears_speech_and_sees_the_mouth_move(worker, data_dir):
-    server = worker()
+def test_a_viewer_sees_25_fps_hears_speech_and_sees_the_mouth_move(puppet_worker, astro_data):
+    server = puppet_worker()
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
-            viewer = await Viewer(server.url, mouth_box(data_dir)).connect(http)
+            viewer = await Viewer(server.url, mouth_box(astro_data)).connect(http)
             t0 = time.monotonic()
             await asyncio.sleep(3)
             asked = time.monotonic()
@@ -89,8 +71,8 @@ def test_a_viewer_sees_25_fps_hears_speech_and_sees_the_mouth_move(worker, data_
     assert talking > 3 * rest
 
 
-def test_max_session_is_enforced_and_a_closed_peer_frees_its_slot_at_once(worker):
-    server = worker("--max_session", "2")
+def test_max_session_is_enforced_and_a_closed_peer_frees_its_slot_at_once(puppet_worker):
+    server = puppet_worker("--max_session", "2")
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
@@ -110,8 +92,8 @@ def test_max_session_is_enforced_and_a_closed_peer_frees_its_slot_at_once(worker
     run(scenario())
 
 
-def test_a_peer_stuck_connecting_expires(worker):
-    server = worker(WEBRTC_CONNECT_TIMEOUT="1")
+def test_a_peer_stuck_connecting_expires(puppet_worker):
+    server = puppet_worker(WEBRTC_CONNECT_TIMEOUT="1")
 
     async def scenario():
         viewer = Viewer(server.url)
@@ -132,8 +114,8 @@ def test_a_peer_stuck_connecting_expires(worker):
         time.sleep(0.1)
 
 
-def test_bad_requests_get_a_clear_4xx(worker):
-    server = worker()
+def test_bad_requests_get_a_clear_4xx(puppet_worker):
+    server = puppet_worker()
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
@@ -171,21 +153,15 @@ def wav_bytes(seconds: float, rate: int = 44100) -> bytes:
     samples = np.frombuffer(tone("x" * int(seconds / 0.05), rate), "<i2")
     t = np.arange(len(samples)) / rate
     syllables = (samples * (0.5 - 0.5 * np.cos(2 * np.pi * 4 * t))).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(syllables.tobytes())
-    return buf.getvalue()
+    return wav(syllables.tobytes(), rate)
 
 
-def test_an_uploaded_audio_file_is_spoken_with_lip_motion(worker, data_dir):
-    server = worker()
+def test_an_uploaded_audio_file_is_spoken_with_lip_motion(puppet_worker, astro_data):
+    server = puppet_worker()
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
-            viewer = await Viewer(server.url, mouth_box(data_dir)).connect(http)
+            viewer = await Viewer(server.url, mouth_box(astro_data)).connect(http)
             await asyncio.sleep(1)
             asked = time.monotonic()
             form = aiohttp.FormData()
@@ -209,9 +185,9 @@ def test_an_uploaded_audio_file_is_spoken_with_lip_motion(worker, data_dir):
     assert refused[0] == 400 and "not a readable audio file" in refused[1]["msg"]
 
 
-def test_chat_speaks_the_llm_reply_sentence_by_sentence(worker, upstream):
+def test_chat_speaks_the_llm_reply_sentence_by_sentence(puppet_worker, upstream):
     llm = upstream("openai")
-    server = worker(LLM_URL=llm.url + "/v1", LLM_MODEL="tiny-chat", LLM_API_KEY="sk-test")
+    server = puppet_worker(LLM_URL=llm.url + "/v1", LLM_MODEL="tiny-chat", LLM_API_KEY="sk-test")
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
@@ -243,8 +219,8 @@ def test_chat_speaks_the_llm_reply_sentence_by_sentence(worker, upstream):
     # LiveTalking's default voice, which the in-process espeak does not have.
     (["--tts", "espeak", "--REF_FILE", "zh-CN-YunxiaNeural"], "speaking with its default voice"),
 ])
-def test_speech_never_falls_silent_for_want_of_a_voice(worker, flags, logged):
-    server = worker(*[f.replace("{dead}", str(free_port())) for f in flags])
+def test_speech_never_falls_silent_for_want_of_a_voice(puppet_worker, flags, logged):
+    server = puppet_worker(*[f.replace("{dead}", str(free_port())) for f in flags])
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
@@ -260,8 +236,8 @@ def test_speech_never_falls_silent_for_want_of_a_voice(worker, flags, logged):
     assert logged in server.log.read_text()
 
 
-def test_health_names_the_instance_and_metrics_count_frames(worker):
-    server = worker()
+def test_health_names_the_instance_and_metrics_count_frames(puppet_worker):
+    server = puppet_worker()
     health = requests.get(server.url + "/health", timeout=5).json()
     assert health["instance_token"] == "tok-123" and health["avatar"] == "astro" and health["engine"] == "puppet"
     assert health["sessions"] == 0 and health["speaking_sessions"] == 0 and health["ready"] is True
@@ -288,8 +264,8 @@ def test_health_names_the_instance_and_metrics_count_frames(worker):
     (["--avatar_id", "astro", "--tts", "festival"], "unknown TTS model 'festival'"),
     (["--avatar_id", "astro", "WEBRTC_CONNECT_TIMEOUT=soon"], "WEBRTC_CONNECT_TIMEOUT='soon' is not a number"),
 ])
-def test_a_worker_that_cannot_serve_says_why_and_exits(data_dir, flags, says):
-    env = {"AVATAR_DATA_DIR": str(data_dir), **dict(f.split("=", 1) for f in flags if "=" in f)}
+def test_a_worker_that_cannot_serve_says_why_and_exits(astro_data, flags, says):
+    env = {"AVATAR_DATA_DIR": str(astro_data), **dict(f.split("=", 1) for f in flags if "=" in f)}
     result = subprocess.run([sys.executable, "-m", "lipsync_worker", "--listenport", str(free_port()),
                              *(f for f in flags if "=" not in f)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
